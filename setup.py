@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="video-diffusion",
+    version="0.1.0",
+    description="Masked-conditional 3D video diffusion: prediction, infilling and generation with one model",
+    packages=find_packages(include=["video_diffusion", "video_diffusion.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "pillow>=10.1",  # ImageFont.load_default(size=...) draws the embedded dataset's digits
+        "tqdm",
+    ],
+    extras_require={
+        "mpi": ["mpi4py"],
+        "tensorboard": ["tensorboard"],
+        "test": ["pytest", "mpi4py", "mpich"],
+    },
+)

@@ -1,0 +1,246 @@
+"""
+The run configuration: four small dataclasses, named presets, and the command line built
+from them. Every field is a flag of the same name; its help is the field's ``help``.
+
+Resolution order: field defaults, then the ``--preset``, then flags given explicitly.
+The whole configuration is stored in every checkpoint, so sampling and evaluation
+rebuild the model from it instead of asking for the flags again.
+"""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .masking import check_mask_config, parse_mask_range
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = _f(64, "frame height and width in pixels")
+    seq_len: int = _f(20, "frames per training video (the model's window)")
+    rgb: bool = _f(True, "3-channel videos; False for grayscale")
+    num_channels: int = _f(128, "base channel width of the UNet")
+    num_res_blocks: int = _f(2, "residual blocks per resolution level")
+    channel_mult: str = _f("", "width multiplier per level, e.g. '1,2,3,4'; empty = chosen from image_size")
+    attention_resolutions: str = _f("16,8", "frame sizes (pixels) at which attention is used, e.g. '16,8'")
+    attention_type: str = _f("factorized", "'factorized' (spatial then temporal) or 'full' space-time (RaMViD)",
+                             choices=("factorized", "full"))
+    num_heads: int = _f(4, "attention heads")
+    num_head_channels: int = _f(-1, "channels per head (overrides num_heads when > 0)")
+    dropout: float = _f(0.0, "dropout rate in residual blocks")
+    learn_sigma: bool = _f(False, "learn the reverse variance (doubles output channels; adds the VB loss)")
+    use_scale_shift_norm: bool = _f(True, "timestep embedding as scale and shift of the norm (FiLM)")
+    use_checkpoint: bool = _f(False, "gradient checkpointing: less memory, about 30% more compute")
+    mask_input: bool = _f(True, "tell the network which frames are observed (False = RaMViD's unaware network)")
+
+
+@dataclass
+class DiffusionConfig:
+    diffusion_steps: int = _f(1000, "number of diffusion timesteps T")
+    noise_schedule: str = _f("linear", "beta schedule", choices=("linear", "cosine"))
+    timestep_respacing: str = _f("", "train/sample on a subset of steps: 'ddim50' or counts '250' / '10,20'")
+    predict_xstart: bool = _f(False, "the network predicts x_0 instead of the noise")
+    predict_v: bool = _f(False, "the network predicts v = sqrt(abar) eps - sqrt(1-abar) x_0")
+    sigma_small: bool = _f(False, "fixed variance: posterior variance (True) or beta_t (False); ignored with learn_sigma")
+    rescale_learned_sigmas: bool = _f(True, "loss 'rescaled MSE': scale the VB term by T/1000")
+    schedule_sampler: str = _f("uniform", "timestep sampler", choices=("uniform", "loss-second-moment"))
+
+
+@dataclass
+class MaskConfig:
+    max_num_mask_frames: int = _f(4, "K: each training video keeps k ~ U{1..K} random frames clean")
+    mask_range: str = _f("", "'a,b': only frames a..b-1 may be kept; empty = all frames")
+    uncondition_rate: float = _f(0.25, "p: probability that a training video keeps no frame")
+
+
+@dataclass
+class TrainConfig:
+    log_dir: str = _f("", "run directory (logs, checkpoints); default runs/<preset or 'default'>")
+    data_dir: str = _f("", "folder of training videos; empty = the embedded synthetic moving-digits data")
+    num_workers: int = _f(-1, "DataLoader worker processes; -1 = fit the machine")
+    lr: float = _f(1e-4, "peak AdamW learning rate")
+    lr_warmup_steps: int = _f(0, "linear warm-up steps from 0 to --lr")
+    lr_anneal_steps: int = _f(0, "if > 0, lr decays linearly to 0 at this step")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    batch_size: int = _f(8, "videos per rank per step (global batch = batch_size x world size)")
+    microbatch: int = _f(-1, "videos per forward pass (gradient accumulation); -1 = batch_size")
+    ema_rate: str = _f("0.9999", "comma-separated EMA decay rates, e.g. '0.999,0.9999'")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off")
+    precision: str = _f("fp32", "'fp32', or 'bf16' autocast", choices=("fp32", "bf16"))
+    max_steps: int = _f(500_000, "stop after this many optimizer steps")
+    log_interval: int = _f(100, "steps between log lines and progress.csv rows")
+    save_interval: int = _f(10_000, "steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: int = _f(3, "how many of the newest checkpoints to keep")
+    resume_checkpoint: str = _f("", "resume from this checkpoint file (default: newest in --log_dir)")
+    seed: int = _f(0, "global seed; per-video randomness is derived from it, the step and the video index")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Config":
+        groups = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, value in d.items():
+            if name not in groups:
+                raise ValueError(f"unknown configuration group {name!r}")
+            kwargs[name] = value if name == "preset" else _GROUP_TYPES[name](**value)
+        return cls(**kwargs)
+
+    def flat(self) -> Dict[str, Any]:
+        out = {}
+        for group in _GROUP_TYPES:
+            out.update(dataclasses.asdict(getattr(self, group)))
+        return out
+
+
+_GROUP_TYPES = {"model": ModelConfig, "diffusion": DiffusionConfig, "mask": MaskConfig, "train": TrainConfig}
+_FIELD_GROUP = {f.name: g for g, t in _GROUP_TYPES.items() for f in dataclasses.fields(t)}
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Quick on a laptop CPU: a few minutes to see the loss fall and checkpoints appear.
+    "tiny": dict(image_size=32, seq_len=8, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
+                 attention_resolutions="8", num_heads=4, max_num_mask_frames=3, uncondition_rate=0.25,
+                 lr=3e-4, lr_warmup_steps=20, batch_size=4, ema_rate="0.99", max_steps=300,
+                 log_interval=10, save_interval=100),
+    # The RaMViD BAIR setup: 64x64, 20 frames, K = 4, p = 0.25, lr 2e-5.
+    "bair64": dict(image_size=64, seq_len=20, num_channels=128, num_res_blocks=2, channel_mult="1,2,3,4",
+                   attention_resolutions="16,8", diffusion_steps=1000, noise_schedule="linear",
+                   max_num_mask_frames=4, uncondition_rate=0.25, lr=2e-5, batch_size=8, ema_rate="0.9999",
+                   max_steps=500_000, log_interval=100, save_interval=10_000),
+}
+
+
+def apply_overrides(cfg: Config, overrides: Dict[str, Any]) -> Config:
+    """Return a copy of ``cfg`` with flat field overrides applied (unknown names are an error)."""
+    groups = {g: dataclasses.asdict(getattr(cfg, g)) for g in _GROUP_TYPES}
+    for name, value in overrides.items():
+        if name not in _FIELD_GROUP:
+            raise ValueError(f"unknown configuration field {name!r}")
+        groups[_FIELD_GROUP[name]][name] = value
+    return Config(**{g: _GROUP_TYPES[g](**v) for g, v in groups.items()}, preset=cfg.preset)
+
+
+def parse_int_list(spec: str, flag: str) -> List[int]:
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {spec!r}")
+
+
+def parse_float_list(spec: str, flag: str) -> List[float]:
+    try:
+        return [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {spec!r}")
+
+
+def default_channel_mult(image_size: int) -> Sequence[int]:
+    table = {256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
+    if image_size not in table:
+        raise ValueError(f"--image_size {image_size} has no default --channel_mult; give one, e.g. '1,2,2'")
+    return table[image_size]
+
+
+def channel_mult_of(m: ModelConfig) -> Sequence[int]:
+    return parse_int_list(m.channel_mult, "--channel_mult") if m.channel_mult else default_channel_mult(m.image_size)
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Raise ValueError naming the offending flag for any impossible combination."""
+    m, d, mk, t = cfg.model, cfg.diffusion, cfg.mask, cfg.train
+    positive = {"--image_size": m.image_size, "--seq_len": m.seq_len, "--num_channels": m.num_channels,
+                "--num_res_blocks": m.num_res_blocks, "--num_heads": m.num_heads,
+                "--diffusion_steps": d.diffusion_steps, "--batch_size": t.batch_size,
+                "--max_steps": t.max_steps, "--log_interval": t.log_interval,
+                "--save_interval": t.save_interval, "--keep_checkpoints": t.keep_checkpoints}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    mult = channel_mult_of(m)
+    if not mult or min(mult) < 1:
+        raise ValueError(f"--channel_mult must be positive integers, got {m.channel_mult!r}")
+    down = 2 ** (len(mult) - 1)
+    if m.image_size % down:
+        raise ValueError(f"--image_size {m.image_size} must be divisible by {down}, the total downsampling of "
+                         f"--channel_mult {','.join(map(str, mult))}")
+    parse_int_list(m.attention_resolutions, "--attention_resolutions")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ValueError(f"--dropout must lie in [0, 1), got {m.dropout}")
+    if d.predict_xstart and d.predict_v:
+        raise ValueError("--predict_xstart and --predict_v are exclusive: pick one parameterisation")
+    if d.timestep_respacing:
+        from .respace import space_timesteps
+        space_timesteps(d.diffusion_steps, d.timestep_respacing)
+    check_mask_config(m.seq_len, mk.max_num_mask_frames, parse_mask_range(mk.mask_range, m.seq_len),
+                      mk.uncondition_rate)
+    if t.microbatch != -1 and not 1 <= t.microbatch <= t.batch_size:
+        raise ValueError(f"--microbatch must be -1 or in [1, --batch_size={t.batch_size}], got {t.microbatch}")
+    if t.microbatch > 0 and t.batch_size % t.microbatch:
+        raise ValueError(f"--batch_size {t.batch_size} is not divisible by --microbatch {t.microbatch}")
+    rates = parse_float_list(t.ema_rate, "--ema_rate")
+    if any(not 0.0 < r < 1.0 for r in rates):
+        raise ValueError(f"--ema_rate values must lie in (0, 1), got {t.ema_rate!r}")
+    if t.lr <= 0:
+        raise ValueError(f"--lr must be > 0, got {t.lr}")
+    if t.lr_warmup_steps < 0 or t.lr_anneal_steps < 0:
+        raise ValueError("--lr_warmup_steps and --lr_anneal_steps must be >= 0")
+    if t.grad_clip < 0:
+        raise ValueError(f"--grad_clip must be >= 0, got {t.grad_clip}")
+
+
+# ---------------------------------------------------------------------- command line
+def str2bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).lower()
+    if s in ("1", "true", "yes", "y", "t"):
+        return True
+    if s in ("0", "false", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tuple(_GROUP_TYPES)) -> None:
+    """Add one flag per configuration field. Defaults are suppressed so that only given flags override."""
+    parser.add_argument("--preset", default=argparse.SUPPRESS, choices=sorted(PRESETS),
+                        help="named configuration; explicit flags override it")
+    for group in groups:
+        arg_group = parser.add_argument_group(group)
+        for f in dataclasses.fields(_GROUP_TYPES[group]):
+            kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            if f.type is bool or f.type == "bool":
+                kw.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
+            else:
+                kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            arg_group.add_argument(f"--{f.name}", **kw)
+
+
+def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
+    """Defaults (or ``base``), then the preset, then explicitly given flags."""
+    given = {k: v for k, v in vars(args).items() if k in _FIELD_GROUP}
+    preset = getattr(args, "preset", None)
+    cfg = base or Config()
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        cfg = apply_overrides(cfg, PRESETS[preset])
+        cfg.preset = preset
+    return apply_overrides(cfg, given)

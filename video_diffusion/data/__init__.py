@@ -1,0 +1,39 @@
+"""
+Training data. A dataset is any map-style ``torch.utils.data.Dataset`` whose items are
+dicts holding ``video``: float [C, T, H, W] in [-1, 1] (plus optional ``y`` labels).
+Folder and BAIR loaders plug in here by returning such a dataset.
+"""
+
+import os
+
+import torch
+
+from .sampler import TrainBatchSampler, seed_of
+from .synthetic import MovingDigits
+
+__all__ = ["MovingDigits", "TrainBatchSampler", "seed_of", "create_dataset", "train_loader", "resolve_num_workers"]
+
+
+def create_dataset(cfg):
+    """The training dataset named by the configuration (embedded moving digits when no --data_dir)."""
+    m, t = cfg.model, cfg.train
+    if t.data_dir:
+        raise ValueError(f"--data_dir {t.data_dir!r}: loading video folders is not available yet; "
+                         "train on the embedded dataset (omit --data_dir)")
+    return MovingDigits(m.image_size, m.seq_len, channels=3 if m.rgb else 1, seed=t.seed)
+
+
+def resolve_num_workers(requested: int, local_world_size: int = 1) -> int:
+    """-1 means: the cores this rank can have, leaving one for the training thread, at most 4."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores // max(1, local_world_size) - 1))
+
+
+def train_loader(dataset, batch_size: int, rank: int, world_size: int, seed: int, start_step: int,
+                 num_workers: int, pin_memory: bool = False):
+    """An infinite iterator over this rank's batches, starting at ``start_step``."""
+    sampler = TrainBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                            pin_memory=pin_memory, persistent_workers=num_workers > 0))

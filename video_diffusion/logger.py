@@ -1,0 +1,83 @@
+"""
+A run's logger: a readable ``log.txt``, ``progress.csv`` and TensorBoard events.
+
+One object per run, passed explicitly (no singleton). Only the main rank writes; on the
+other ranks every method is a no-op, so callers never need ``if rank == 0`` around logging.
+"""
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+PROGRESS_FIELDS = ("step", "samples", "loss", "mse", "vb", "loss_q0", "loss_q1", "loss_q2", "loss_q3",
+                   "grad_norm", "lr", "steps_per_s", "videos_per_s", "skipped_steps")
+
+
+class RunLogger:
+    def __init__(self, run_dir, enabled: bool = True, echo: bool = True):
+        self.enabled = enabled
+        self.echo = echo
+        self.run_dir = Path(run_dir)
+        self._csv_file = self._csv = self._tb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._text = open(self.run_dir / "log.txt", "a", buffering=1)
+        csv_path = self.run_dir / "progress.csv"
+        new = not csv_path.exists() or csv_path.stat().st_size == 0
+        self._csv_file = open(csv_path, "a", newline="", buffering=1)
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=PROGRESS_FIELDS)
+        if new:
+            self._csv.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        except ImportError:  # tensorboard is optional
+            self._tb = None
+
+    @property
+    def has_tensorboard(self) -> bool:
+        return self._tb is not None
+
+    def info(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
+        self._text.write(line + "\n")
+        if self.echo:
+            if self._bar is not None:
+                self._bar.write(line)  # keeps the bar intact below the log lines
+            else:
+                print(line, flush=True)
+
+    _bar = None
+
+    def row(self, values: Dict[str, float]) -> None:
+        """One progress row (fields of PROGRESS_FIELDS), to progress.csv and TensorBoard."""
+        if not self.enabled:
+            return
+        self._csv.writerow({k: values.get(k, "") for k in PROGRESS_FIELDS})
+        if self._tb is not None:
+            for k, v in values.items():
+                if k not in ("step", "samples") and v != "" and v is not None:
+                    self._tb.add_scalar(f"train/{k}", v, values["step"])
+
+    def progress_bar(self, total: int, initial: int) -> Optional["tqdm"]:
+        """A tqdm bar when the main rank writes to a terminal; None otherwise."""
+        if not self.enabled or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+        self._bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+        return self._bar
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        for f in (self._text, self._csv_file):
+            f.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,46 @@
+"""Small building blocks shared by the network: embeddings, normalisation, init helpers."""
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 so that bf16 autocast does not lose the statistics."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> nn.Module:
+    """GroupNorm with 32 groups, or fewer when ``channels`` is small (tiny test models)."""
+    groups = math.gcd(32, channels)
+    return GroupNorm32(groups, channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters so that a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """
+    Sinusoidal embedding of (possibly fractional) timesteps.
+
+    :param timesteps: a 1-D tensor of N timesteps, one per batch element.
+    :param dim: the embedding width.
+    :param max_period: the longest period of the sinusoids.
+    :return: an [N, dim] float tensor.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb

@@ -1,0 +1,324 @@
+"""
+The training loop: masked-conditional diffusion training with AdamW, EMA, gradient
+accumulation, bf16 autocast, DDP on CPU and GPU, checkpoints and automatic resume.
+
+Reproducibility: the randomness of video j of the global batch at step s (its frame
+mask, timestep and noise) comes from a generator seeded by (seed, s, j). The same
+global batch therefore trains the same way on 1 rank or 8, and a resumed run repeats
+exactly what an uninterrupted run would have done.
+"""
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import dist_util
+from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+from .config import Config, parse_float_list
+from .data import seed_of
+from .dist_util import DistContext
+from .gaussian_diffusion import GaussianDiffusion
+from .logger import RunLogger
+from .masking import parse_mask_range, sample_train_mask
+from .timestep_sampler import LossSecondMomentResampler, create_timestep_sampler
+
+MAX_BAD_STEPS = 10
+
+# Layout of the per-step statistics vector that is summed over ranks in one all-reduce.
+_LOSS, _MSE, _VB, _COUNT = 0, 1, 2, 3
+_Q_LOSS, _Q_COUNT = slice(4, 8), slice(8, 12)
+_NUM_STATS = 12
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised after MAX_BAD_STEPS consecutive steps with a non-finite loss or gradient."""
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, anneal_steps: int) -> float:
+    """Learning rate for the optimizer step ``step`` (0-based): linear warm-up, then optional linear decay."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if anneal_steps:
+        factor *= max(0.0, 1.0 - step / anneal_steps)
+    return lr * factor
+
+
+def model_signature(cfg: Config) -> Dict:
+    """The parts of the configuration that the weights depend on."""
+    d = cfg.to_dict()
+    return {"model": d["model"], "diffusion": {k: v for k, v in d["diffusion"].items()
+                                              if k not in ("timestep_respacing", "schedule_sampler")}}
+
+
+def _rng_state(device: torch.device) -> Dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def find_resume(cfg: Config):
+    """
+    The checkpoint a run resumes from: ``--resume_checkpoint`` if given, else the newest
+    complete checkpoint in ``--log_dir``, else None.
+
+    :return: (path, state) or None.
+    """
+    t = cfg.train
+    path = Path(t.resume_checkpoint) if t.resume_checkpoint else find_latest(t.log_dir)
+    if path is None:
+        return None
+    return path, load_checkpoint(path)
+
+
+class TrainLoop:
+    """
+    :param cfg: the full configuration (stored in every checkpoint).
+    :param ctx: this rank's distributed context.
+    :param model: the network (moved to ctx.device here).
+    :param diffusion: the diffusion process; the network is passed to it at every call.
+    :param data: a function ``start_step -> iterator`` of this rank's batches (dicts with ``video``).
+    :param logger: the run logger (a no-op on non-main ranks).
+    :param resume: (path, checkpoint state) to resume from, as returned by ``find_resume``; None = fresh.
+    """
+
+    def __init__(self, cfg: Config, ctx: DistContext, model: torch.nn.Module, diffusion: GaussianDiffusion,
+                 data, logger: RunLogger, resume=None):
+        self.cfg, self.ctx, self.diffusion, self.logger = cfg, ctx, diffusion, logger
+        t = cfg.train
+        self.run_dir = Path(t.log_dir)
+        self.batch_size = t.batch_size
+        self.microbatch = t.microbatch if t.microbatch > 0 else t.batch_size
+        self.global_batch = t.batch_size * ctx.world_size
+        self.ema_rates = parse_float_list(t.ema_rate, "--ema_rate")
+        self.mask_range = parse_mask_range(cfg.mask.mask_range, cfg.model.seq_len)
+        self.autocast = dict(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
+
+        # Process RNG (dropout): a different stream per rank, derived from the seed.
+        rank_seed = seed_of(t.seed, ctx.rank, 0x5EED)
+        torch.manual_seed(rank_seed)
+        np.random.seed(rank_seed % 2 ** 32)
+        random.seed(rank_seed)
+
+        self.model = model.to(ctx.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ddp = (DDP(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+                    if ctx.distributed else None)
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay,
+                                     fused=ctx.device.type == "cuda")
+        self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
+        self.schedule_sampler = create_timestep_sampler(cfg.diffusion.schedule_sampler, diffusion.num_timesteps)
+        self.step = 0
+        self.bad_streak = 0
+        if resume is not None:
+            self._resume(*resume)
+        self._reset_log_window()
+        self.data: Iterator = data(self.step)
+
+    # ------------------------------------------------------------------ state
+    def _ema_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        out = {}
+        for rate, params in self.ema.items():
+            sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            sd.update({n: p.detach().cpu() for n, p in zip(names, params)})
+            out[str(rate)] = sd
+        return out
+
+    def state(self, rng_states: List[Dict]) -> Dict:
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "ema": self._ema_state_dicts(),
+                "optimizer": self.opt.state_dict(), "schedule_sampler": self.schedule_sampler.state_dict(),
+                "rng": rng_states, "world_size": self.ctx.world_size}
+
+    def save(self) -> None:
+        """Write a checkpoint. Every rank calls this (the RNG states are gathered); rank 0 writes."""
+        rng_states = dist_util.all_gather_object(self.ctx, _rng_state(self.ctx.device))
+        if self.ctx.is_main:
+            path = save_checkpoint(self.run_dir, self.step, self.state(rng_states), keep=self.cfg.train.keep_checkpoints)
+            self.logger.info(f"saved {path}")
+        dist_util.barrier(self.ctx)
+
+    def _resume(self, path, state) -> None:
+        stored = Config.from_dict(state["config"])
+        if model_signature(stored) != model_signature(self.cfg):
+            mine, theirs = model_signature(self.cfg), model_signature(stored)
+            diffs = [f"--{k}: checkpoint {theirs[g][k]!r}, now {mine[g][k]!r}"
+                     for g in mine for k in mine[g] if mine[g][k] != theirs[g][k]]
+            raise ValueError(f"cannot resume from {path}: model settings differ ({'; '.join(diffs)}). "
+                             "Use a new --log_dir or the checkpoint's settings.")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        for rate in self.ema_rates:
+            if str(rate) in state["ema"]:
+                sd = state["ema"][str(rate)]
+                self.ema[rate] = [sd[n].to(self.ctx.device).clone() for n in names]
+            else:
+                self.logger.info(f"EMA rate {rate} is new in this run: it starts from the current weights")
+                self.ema[rate] = [p.detach().clone() for p in self.params]
+        self.schedule_sampler.load_state_dict(state["schedule_sampler"])
+        self.step = state["step"]
+        if state["world_size"] == self.ctx.world_size:
+            _set_rng_state(state["rng"][self.ctx.rank], self.ctx.device)
+        else:
+            self.logger.info(f"world size changed ({state['world_size']} -> {self.ctx.world_size}): process RNG "
+                             "(dropout) re-seeded; masks, timesteps and noise depend only on (seed, step, index)")
+        self.logger.info(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ one step
+    def _per_video_randomness(self, x: torch.Tensor):
+        """Masks, timesteps, weights and noise of this rank's videos, from (seed, step, global index)."""
+        n = x.shape[0]
+        first = self.ctx.rank * self.batch_size
+        seeds = [seed_of(self.cfg.train.seed, self.step, first + j) for j in range(n)]
+        cpu_gens = [torch.Generator().manual_seed(s) for s in seeds]
+        m = self.cfg.mask
+        masks = torch.stack([sample_train_mask(self.cfg.model.seq_len, m.max_num_mask_frames, m.uncondition_rate,
+                                               self.mask_range, g) for g in cpu_gens]).to(x.device)
+        t, weights = self.schedule_sampler.sample(cpu_gens, x.device)
+        dev_gens = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in dev_gens])
+        return masks, t, weights, noise
+
+    def run_step(self, batch: Dict[str, torch.Tensor]) -> bool:
+        """
+        One optimizer step on this rank's batch (any size; microbatches weighted by their size).
+
+        :return: True if the step was applied, False if it was skipped as non-finite.
+        """
+        x = batch["video"].to(self.ctx.device, non_blocking=True)
+        if x.ndim != 5 or x.shape[2] != self.cfg.model.seq_len:
+            raise ValueError(f"expected a video batch [N, C, {self.cfg.model.seq_len}, H, W], got {tuple(x.shape)}")
+        n = x.shape[0]
+        masks, t, weights, noise = self._per_video_randomness(x)
+        model = self.ddp or self.model
+        stats = torch.zeros(_NUM_STATS, device=x.device)
+        all_losses = []
+        self.opt.zero_grad(set_to_none=True)
+        for i in range(0, n, self.microbatch):
+            j = min(i + self.microbatch, n)
+            last = j == n
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(**self.autocast):
+                    losses = self.diffusion.training_losses(model, x[i:j], t[i:j], obs_mask=masks[i:j],
+                                                            noise=noise[i:j])
+                # Sum over the microbatch / full batch: any split, even or not, gives the batch mean.
+                loss = (losses["loss"] * weights[i:j]).sum() / n
+                loss.backward()
+            with torch.no_grad():
+                self._accumulate(stats, losses, t[i:j])
+            all_losses.append(losses["loss"].detach())
+        if isinstance(self.schedule_sampler, LossSecondMomentResampler):
+            # every rank records the whole global batch, in global order, so histories agree
+            self.schedule_sampler.update(dist_util.all_gather_cat(self.ctx, t),
+                                         dist_util.all_gather_cat(self.ctx, torch.cat(all_losses)))
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        stats = dist_util.all_reduce_sum(self.ctx, stats)
+        # Gradients are identical on all ranks after DDP's all-reduce and stats are summed,
+        # so every rank takes the same decision here.
+        ok = bool(torch.isfinite(grad_norm) & torch.isfinite(stats[:_COUNT]).all())
+        if ok:
+            lr = lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps, self.cfg.train.lr_anneal_steps)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.step()
+            self._update_ema()
+            self.bad_streak = 0
+            self._log_stats += stats
+            self._log_grad_norm += grad_norm.detach()
+            self._log_good += 1
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.bad_streak += 1
+            self._skipped += 1
+            self.logger.info(f"step {self.step}: non-finite loss or gradient (grad norm {float(grad_norm):.3g}); "
+                             f"step skipped ({self.bad_streak} in a row)")
+            if self.bad_streak >= MAX_BAD_STEPS:
+                raise TrainingDiverged(f"{MAX_BAD_STEPS} non-finite steps in a row at step {self.step}; stopping. "
+                                       f"The last good checkpoint in {self.run_dir} is intact.")
+        self.step += 1
+        return ok
+
+    def _accumulate(self, stats, losses, t):
+        stats[_LOSS] += losses["loss"].float().sum()
+        stats[_MSE] += losses["mse"].float().sum()
+        if "vb" in losses:
+            stats[_VB] += losses["vb"].float().sum()
+        stats[_COUNT] += len(t)
+        quartile = (4 * t // self.diffusion.num_timesteps).clamp(max=3)
+        stats[_Q_LOSS] += torch.zeros(4, device=t.device).index_add_(0, quartile, losses["loss"].float())
+        stats[_Q_COUNT] += torch.bincount(quartile, minlength=4).float()
+
+    @torch.no_grad()
+    def _update_ema(self):
+        for rate, params in self.ema.items():
+            torch._foreach_lerp_(params, self.params, 1.0 - rate)
+
+    # ------------------------------------------------------------------ the loop
+    def _reset_log_window(self):
+        self._log_stats = torch.zeros(_NUM_STATS, device=self.ctx.device)
+        self._log_grad_norm = torch.zeros((), device=self.ctx.device)
+        self._log_good = 0
+        self._skipped = 0
+        self._log_time = time.perf_counter()
+        self._log_step = self.step
+
+    def _log(self, lr: float):
+        s = self._log_stats.tolist()  # the only host sync of the log window besides the finite check
+        steps = self.step - self._log_step
+        elapsed = max(time.perf_counter() - self._log_time, 1e-9)
+        count = max(s[_COUNT], 1.0)
+        row = {"step": self.step, "samples": self.step * self.global_batch, "loss": s[_LOSS] / count,
+               "mse": s[_MSE] / count, "vb": s[_VB] / count if self.cfg.model.learn_sigma else "",
+               "grad_norm": float(self._log_grad_norm) / max(self._log_good, 1), "lr": lr,
+               "steps_per_s": steps / elapsed, "videos_per_s": steps * self.global_batch / elapsed,
+               "skipped_steps": self._skipped}
+        for q in range(4):
+            qc = s[_Q_COUNT.start + q]
+            row[f"loss_q{q}"] = s[_Q_LOSS.start + q] / qc if qc else ""
+        self.logger.row(row)
+        self.logger.info(f"step {self.step:>7d} | loss {row['loss']:.4f} | mse {row['mse']:.4f}"
+                         + (f" | vb {row['vb']:.4f}" if row["vb"] != "" else "")
+                         + f" | grad {row['grad_norm']:.3f} | lr {lr:.2e} | {row['videos_per_s']:.1f} videos/s")
+        self._reset_log_window()
+        return row
+
+    def run(self) -> None:
+        t = self.cfg.train
+        if self.step >= t.max_steps:
+            self.logger.info(f"step {self.step} >= --max_steps {t.max_steps}: nothing to do")
+            return
+        n_params = sum(p.numel() for p in self.params)
+        self.logger.info(f"training {n_params / 1e6:.2f}M parameters on {self.ctx.world_size} rank(s) "
+                         f"({self.ctx.device}), global batch {self.global_batch}, from step {self.step} "
+                         f"to {t.max_steps}")
+        bar = self.logger.progress_bar(total=t.max_steps, initial=self.step)
+        self._reset_log_window()
+        last_saved = self.step
+        while self.step < t.max_steps:
+            self.run_step(next(self.data))
+            if bar is not None:
+                bar.update(1)
+            if self.step % t.log_interval == 0:
+                self._log(self.opt.param_groups[0]["lr"])
+            if self.step % t.save_interval == 0:
+                self.save()
+                last_saved = self.step
+        if last_saved != self.step:
+            self.save()

@@ -1,0 +1,264 @@
+"""
+The improved-diffusion UNet made 3D: frames are a third axis of every convolution,
+downsampling halves height and width only, and attention is factorized into a spatial
+and a temporal pass (or, optionally, one full space-time pass as RaMViD does).
+
+The network owns nothing but the prediction. It is told which frames are observed
+through ``obs_mask`` only when ``mask_input`` is on; with it off it ignores the mask,
+which reproduces RaMViD's (unaware) network for comparison.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as grad_checkpoint
+
+from .nn import normalization, timestep_embedding, zero_module
+
+ATTENTION_TYPES = ("factorized", "full")
+
+
+def conv3d(in_ch: int, out_ch: int, kernel: int = 3, stride=1) -> nn.Conv3d:
+    return nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
+
+
+class TimestepBlock(nn.Module):
+    """A module whose forward also takes the timestep embedding."""
+
+    def forward(self, x, emb):  # pragma: no cover - interface only
+        raise NotImplementedError
+
+
+class TimestepSequential(nn.Sequential, TimestepBlock):
+    """Sequential that hands the embedding to the children that want it."""
+
+    def forward(self, x, emb):
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+        return x
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a strided convolution; the frame axis is kept."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = conv3d(channels, channels, 3, stride=(1, 2, 2))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Double height and width (nearest), then a convolution; the frame axis is kept."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = conv3d(channels, channels, 3)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
+
+
+class ResBlock(TimestepBlock):
+    """
+    Residual block with 3D convolutions. The timestep embedding enters either added to
+    the features or, with ``use_scale_shift_norm``, as a scale and shift after the
+    second normalisation (FiLM), which improved-diffusion found to work better.
+    """
+
+    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=True,
+                 use_checkpoint=False):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.use_checkpoint = use_checkpoint
+        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), conv3d(channels, out_channels))
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        )
+        self.out_norm = normalization(out_channels)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero_module(conv3d(out_channels, out_channels)))
+        self.skip = nn.Identity() if out_channels == channels else conv3d(channels, out_channels, 1)
+
+    def forward(self, x, emb):
+        if self.use_checkpoint and self.training:
+            return grad_checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x, emb):
+        h = self.in_layers(x)
+        emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + emb_out)
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """
+    Multi-head self-attention over one axis group of a [N, C, T, H, W] tensor, through
+    ``scaled_dot_product_attention`` (flash / memory-efficient kernels where available).
+
+    ``axes`` picks the tokens: "space" attends within each frame (H*W tokens),
+    "time" attends across frames at each pixel (T tokens), "spacetime" attends over all
+    T*H*W positions (RaMViD's full attention; quadratic in the video size).
+    """
+
+    def __init__(self, channels, axes, num_heads=1, num_head_channels=-1, use_checkpoint=False):
+        super().__init__()
+        if num_head_channels != -1:
+            if channels % num_head_channels:
+                raise ValueError(f"--num_head_channels {num_head_channels} does not divide {channels} channels")
+            num_heads = channels // num_head_channels
+        if channels % num_heads:
+            raise ValueError(f"--num_heads {num_heads} does not divide {channels} channels")
+        self.axes = axes
+        self.num_heads = num_heads
+        self.use_checkpoint = use_checkpoint
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv3d(channels, channels, 1))
+
+    def forward(self, x):
+        if self.use_checkpoint and self.training:
+            return grad_checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x):
+        n, c, t, h, w = x.shape
+        heads, dh = self.num_heads, c // self.num_heads
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, heads, dh, t, h, w)
+        if self.axes == "space":  # tokens: h*w, batch: n*t
+            qkv = qkv.permute(1, 0, 4, 2, 5, 6, 3).reshape(3, n * t, heads, h * w, dh)
+        elif self.axes == "time":  # tokens: t, batch: n*h*w
+            qkv = qkv.permute(1, 0, 5, 6, 2, 4, 3).reshape(3, n * h * w, heads, t, dh)
+        else:  # tokens: t*h*w, batch: n
+            qkv = qkv.permute(1, 0, 2, 4, 5, 6, 3).reshape(3, n, heads, t * h * w, dh)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        if self.axes == "space":
+            out = out.reshape(n, t, heads, h, w, dh).permute(0, 2, 5, 1, 3, 4)
+        elif self.axes == "time":
+            out = out.reshape(n, h, w, heads, t, dh).permute(0, 3, 5, 4, 1, 2)
+        else:
+            out = out.reshape(n, heads, t, h, w, dh).permute(0, 1, 5, 2, 3, 4)
+        return x + self.proj_out(out.reshape(n, c, t, h, w))
+
+
+def attention(channels, attention_type, num_heads, num_head_channels, use_checkpoint) -> nn.Module:
+    """Factorized space-then-time attention, or one full space-time attention."""
+    if attention_type == "full":
+        return AttentionBlock(channels, "spacetime", num_heads, num_head_channels, use_checkpoint)
+    return nn.Sequential(
+        AttentionBlock(channels, "space", num_heads, num_head_channels, use_checkpoint),
+        AttentionBlock(channels, "time", num_heads, num_head_channels, use_checkpoint),
+    )
+
+
+class UNet3D(nn.Module):
+    """
+    :param image_size: height and width of the frames (must be divisible by the total downsampling).
+    :param in_channels: channels of a frame (1 or 3).
+    :param model_channels: base width of the network.
+    :param out_channels: channels of the prediction (2x in_channels when sigma is learned).
+    :param num_res_blocks: residual blocks per resolution level.
+    :param attention_resolutions: frame sizes (in pixels) at which attention is used.
+    :param channel_mult: width multiplier per level; len(channel_mult) - 1 downsamplings.
+    :param attention_type: "factorized" (space then time) or "full" (space-time, as RaMViD).
+    :param mask_input: if True, the network gets ``obs_mask`` as an extra input channel.
+    :param num_classes: if set, the network is class-conditional through ``y``.
+    """
+
+    def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
+                 num_res_blocks: int, attention_resolutions: Sequence[int], channel_mult: Sequence[int],
+                 dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
+                 num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
+                 mask_input: bool = True, num_classes: Optional[int] = None):
+        super().__init__()
+        if attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
+        self.downsampling = 2 ** (len(channel_mult) - 1)
+        if image_size % self.downsampling:
+            raise ValueError(f"--image_size {image_size} is not divisible by the total downsampling "
+                             f"{self.downsampling} of channel_mult {tuple(channel_mult)}")
+        self.in_channels = in_channels
+        self.mask_input = mask_input
+        self.num_classes = num_classes
+        self.model_channels = model_channels
+        emb_dim = model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
+
+        def res(ch_in, ch_out):
+            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint)
+
+        def attn(ch):
+            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint)
+
+        attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
+        ch = model_channels
+        self.input_blocks = nn.ModuleList([TimestepSequential(conv3d(in_channels + int(mask_input), ch))])
+        skip_channels = [ch]
+        ds = 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                ds *= 2
+        self.middle_block = TimestepSequential(res(ch, ch), attn(ch), res(ch, ch))
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepSequential(*layers))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(conv3d(ch, out_channels)))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        :param x: [N, C, T, H, W] noisy videos (observed frames already clean).
+        :param timesteps: [N] diffusion timesteps.
+        :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
+        :param y: [N] class labels, when class-conditional.
+        :return: [N, out_channels, T, H, W].
+        """
+        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
+            raise ValueError(f"frame size {tuple(x.shape[-2:])} is not divisible by the total downsampling "
+                             f"{self.downsampling}")
+        if (y is not None) != (self.label_emb is not None):
+            raise ValueError("pass y if and only if the model is class-conditional (num_classes set)")
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(y)
+        if self.mask_input:
+            if obs_mask is None:
+                raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
+            n, _, t, h, w = x.shape
+            mask = obs_mask.to(x.dtype)[:, None, :, None, None].expand(n, 1, t, h, w)
+            x = torch.cat([x, mask], dim=1)
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)
