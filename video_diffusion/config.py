@@ -184,6 +184,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"--dropout must lie in [0, 1), got {m.dropout}")
     if d.predict_xstart and d.predict_v:
         raise ValueError("--predict_xstart and --predict_v are exclusive: pick one parameterisation")
+    from .gaussian_diffusion import get_named_beta_schedule
+    if get_named_beta_schedule(d.noise_schedule, d.diffusion_steps).max() >= 1:
+        raise ValueError(f"--diffusion_steps {d.diffusion_steps} is too few for the {d.noise_schedule} schedule "
+                         "(beta reaches 1); use more steps or --noise_schedule cosine")
     if d.timestep_respacing:
         from .respace import space_timesteps
         space_timesteps(d.diffusion_steps, d.timestep_respacing)

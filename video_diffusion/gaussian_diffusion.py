@@ -89,8 +89,9 @@ class GaussianDiffusion:
         self.model_var_type = model_var_type
         self.loss_type = loss_type
         betas = np.asarray(betas, dtype=np.float64)
-        if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
-            raise ValueError("betas must be a 1-D array in (0, 1]")
+        if betas.ndim != 1 or not ((betas > 0).all() and (betas < 1).all()):
+            raise ValueError(f"betas must lie in (0, 1), got range [{betas.min():.3g}, {betas.max():.3g}]; "
+                             "with the linear schedule use --diffusion_steps > 20 (or the cosine schedule)")
         self.betas = betas
         self.num_timesteps = len(betas)
 

@@ -21,8 +21,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import dist_util
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
-from .config import Config, parse_float_list
-from .data import seed_of
+from .build import create_diffusion, create_model
+from .config import Config, apply_overrides, config_from_args, parse_float_list, validate
+from .data import create_dataset, resolve_num_workers, seed_of, train_loader
 from .dist_util import DistContext
 from .gaussian_diffusion import GaussianDiffusion
 from .logger import RunLogger
@@ -322,3 +323,37 @@ class TrainLoop:
                 last_saved = self.step
         if last_saved != self.step:
             self.save()
+
+
+def resolve_train_config(args):
+    """
+    Command-line flags -> (config, resume). Without --log_dir the run directory is
+    runs/<preset or 'default'>. When the run directory holds checkpoints (or
+    --resume_checkpoint is given), the checkpoint's stored configuration is the base and
+    the flags given now override it, so a bare ``--log_dir RUN`` continues a run.
+    """
+    cfg = config_from_args(args)
+    if not cfg.train.log_dir:
+        cfg = apply_overrides(cfg, {"log_dir": f"runs/{cfg.preset or 'default'}"})
+    resume = find_resume(cfg)
+    if resume is not None:
+        stored = Config.from_dict(resume[1]["config"])
+        stored = apply_overrides(stored, {"log_dir": cfg.train.log_dir,
+                                          "resume_checkpoint": cfg.train.resume_checkpoint})
+        preset = cfg.preset
+        cfg = config_from_args(args, base=stored)
+        cfg.preset = preset or stored.preset
+    validate(cfg)
+    return cfg, resume
+
+
+def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=None, dataset=None) -> TrainLoop:
+    """Model, diffusion process and data of a configuration, assembled into a TrainLoop."""
+    dataset = dataset if dataset is not None else create_dataset(cfg)
+    workers = resolve_num_workers(cfg.train.num_workers, ctx.local_world_size)
+
+    def data(start_step):
+        return train_loader(dataset, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, start_step,
+                            workers, pin_memory=ctx.device.type == "cuda")
+
+    return TrainLoop(cfg, ctx, create_model(cfg), create_diffusion(cfg), data, logger, resume=resume)
