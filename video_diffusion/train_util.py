@@ -311,16 +311,19 @@ class TrainLoop:
                          f"to {t.max_steps}")
         bar = self.logger.progress_bar(total=t.max_steps, initial=self.step)
         self._reset_log_window()
-        last_saved = self.step
+        last_saved, save_due = self.step, False
         while self.step < t.max_steps:
             self.run_step(next(self.data))
             if bar is not None:
                 bar.update(1)
             if self.step % t.log_interval == 0:
                 self._log(self.opt.param_groups[0]["lr"])
-            if self.step % t.save_interval == 0:
+            save_due |= self.step % t.save_interval == 0
+            # During a run of non-finite steps the save waits for the next good step, so
+            # pruning never replaces the last checkpoint written before the trouble.
+            if save_due and self.bad_streak == 0:
                 self.save()
-                last_saved = self.step
+                last_saved, save_due = self.step, False
         if last_saved != self.step:
             self.save()
 
@@ -356,4 +359,7 @@ def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=No
         return train_loader(dataset, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, start_step,
                             workers, pin_memory=ctx.device.type == "cuda")
 
-    return TrainLoop(cfg, ctx, create_model(cfg), create_diffusion(cfg), data, logger, resume=resume)
+    # Initial weights are a function of --seed alone (identical on every rank and in every run).
+    torch.manual_seed(seed_of(cfg.train.seed, 0x1417))
+    model = create_model(cfg)
+    return TrainLoop(cfg, ctx, model, create_diffusion(cfg), data, logger, resume=resume)

@@ -35,5 +35,8 @@ def train_loader(dataset, batch_size: int, rank: int, world_size: int, seed: int
                  num_workers: int, pin_memory: bool = False):
     """An infinite iterator over this rank's batches, starting at ``start_step``."""
     sampler = TrainBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
+    # An explicit generator keeps the DataLoader from drawing its worker seed from the
+    # global RNG, which would shift the dropout stream of a resumed run.
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                            pin_memory=pin_memory, persistent_workers=num_workers > 0))
+                                            pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                            generator=torch.Generator().manual_seed(seed)))
