@@ -227,7 +227,8 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tu
     for group in groups:
         arg_group = parser.add_argument_group(group)
         for f in dataclasses.fields(_GROUP_TYPES[group]):
-            kw: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
+            kw: Dict[str, Any] = dict(default=argparse.SUPPRESS,
+                                     help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"))
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
             if f.type is bool or f.type == "bool":

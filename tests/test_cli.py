@@ -1,0 +1,77 @@
+"""The training script as a user runs it: flags, errors, a short run, and resuming a run directory."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, script_env
+
+SCRIPT = str(REPO / "scripts" / "video_train.py")
+MICRO_FLAGS = ["--image_size", "16", "--seq_len", "4", "--num_channels", "8", "--num_res_blocks", "1",
+               "--channel_mult", "1,2", "--attention_resolutions", "8", "--num_heads", "2",
+               "--max_num_mask_frames", "2", "--diffusion_steps", "100", "--batch_size", "2",
+               "--num_workers", "0", "--log_interval", "1"]
+
+
+def train(*args, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *args], env=script_env(), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_help_explains_every_flag():
+    proc = train("--help")
+    assert proc.returncode == 0
+    for flag in ("--image_size --num_channels --num_res_blocks --attention_resolutions --num_heads --dropout "
+                 "--learn_sigma --diffusion_steps --noise_schedule --timestep_respacing --predict_xstart "
+                 "--use_scale_shift_norm --use_checkpoint --seq_len --max_num_mask_frames --mask_range "
+                 "--uncondition_rate --lr --batch_size --microbatch --ema_rate --log_interval --save_interval "
+                 "--resume_checkpoint --data_dir --seed --log_dir --max_steps --precision --mask_input "
+                 "--preset").split():
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--preset", "tiny", "--max_num_mask_frames", "8"], "--max_num_mask_frames"),
+    (["--preset", "tiny", "--image_size", "30"], "--image_size"),
+    (["--preset", "tiny", "--microbatch", "3"], "--microbatch"),
+    (["--preset", "huge"], "--preset"),
+    (["--preset", "tiny", "--mask_range", "3,1"], "--mask_range"),
+    (["--preset", "tiny", "--precision", "fp8"], "--precision"),
+    (["--preset", "tiny", "--learn_sigma", "maybe"], "--learn_sigma"),
+    (["--preset", "tiny", "--ema_rate", "1.5"], "--ema_rate"),
+    (["--preset", "tiny", "--diffusion_steps", "10"], "--diffusion_steps"),
+])
+def test_impossible_flag_values_exit_non_zero_naming_the_flag(tmp_path, args, flag):
+    proc = train(*args, "--log_dir", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert flag in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_short_run_then_resume_from_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    first = train(*MICRO_FLAGS, "--log_dir", str(run), "--max_steps", "2", "--save_interval", "2")
+    assert first.returncode == 0, first.stderr
+    assert (run / "ckpt_0000002.pt").is_file()
+    assert len((run / "progress.csv").read_text().splitlines()) == 3
+    assert "step       2 | loss" in first.stdout
+    # Only the run directory and a new step budget: the stored configuration is reused.
+    second = train("--log_dir", str(run), "--max_steps", "3")
+    assert second.returncode == 0, second.stderr
+    assert f"resumed from {run / 'ckpt_0000002.pt'} at step 2" in second.stdout
+    assert (run / "ckpt_0000003.pt").is_file()
+    assert len((run / "progress.csv").read_text().splitlines()) == 4
+    # changing the architecture of an existing run is refused
+    third = train("--log_dir", str(run), "--max_steps", "4", "--num_channels", "16")
+    assert third.returncode != 0 and "--num_channels" in third.stderr
+
+
+def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
+    proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run"), "--resume_checkpoint", str(tmp_path / "nope.pt"))
+    assert proc.returncode != 0 and "nope.pt" in proc.stderr
+
+
+def test_data_dir_is_refused_until_folder_loading_exists(tmp_path):
+    proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run"), "--data_dir", str(tmp_path))
+    assert proc.returncode != 0 and "--data_dir" in proc.stderr

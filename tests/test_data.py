@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from video_diffusion.data import MovingDigits, TrainBatchSampler, resolve_num_workers, train_loader
+
+
+def test_moving_digits_are_deterministic_per_seed_and_index():
+    a, b = MovingDigits(32, 6, seed=1), MovingDigits(32, 6, seed=1)
+    assert np.array_equal(a.frames(5), b.frames(5))
+    assert not np.array_equal(a.frames(5), a.frames(6))
+    assert not np.array_equal(a.frames(5), MovingDigits(32, 6, seed=2).frames(5))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_moving_digits_layout_and_range(channels):
+    data = MovingDigits(24, 7, channels=channels)
+    frames = data.frames(0)
+    assert frames.shape == (7, 24, 24, channels) and frames.dtype == np.uint8
+    item = data[0]["video"]
+    assert item.shape == (channels, 7, 24, 24) and item.dtype == torch.float32
+    assert item.min() >= -1 and item.max() <= 1 and item.max() > 0  # something is drawn
+
+
+def test_digits_move_and_stay_in_the_frame():
+    data = MovingDigits(32, 30, channels=1)
+    for i in range(20):
+        v = data.frames(i)[..., 0].astype(float)
+        assert (v.sum(axis=(1, 2)) > 0).all()  # a digit is visible in every frame (never leaves)
+        centroids = [np.argwhere(f > 0).mean(0) for f in v]
+        assert np.abs(np.diff(centroids, axis=0)).sum() > 1  # and it moves
+
+
+def test_bad_dataset_arguments():
+    with pytest.raises(ValueError, match="channels"):
+        MovingDigits(32, 4, channels=2)
+    with pytest.raises(IndexError):
+        MovingDigits(32, 4, num_videos=3).frames(3)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_global_batch_is_independent_of_world_size(world_size):
+    global_batch = 8
+    ref = TrainBatchSampler(20, global_batch, 0, 1, seed=3)
+    for step in range(7):  # crosses epoch boundaries (20 items, 8 per step)
+        parts = [TrainBatchSampler(20, global_batch // world_size, r, world_size, seed=3).indices_for_step(step)
+                 for r in range(world_size)]
+        assert sum(parts, []) == ref.indices_for_step(step)
+
+
+def test_each_epoch_is_a_permutation_and_resume_continues_the_stream():
+    s = TrainBatchSampler(12, 4, 0, 1, seed=0)
+    stream = sum((s.indices_for_step(i) for i in range(6)), [])
+    assert sorted(stream[:12]) == list(range(12)) and sorted(stream[12:]) == list(range(12))
+    assert stream[:12] != stream[12:]  # reshuffled per epoch
+    resumed = iter(TrainBatchSampler(12, 4, 0, 1, seed=0, start_step=4))
+    assert next(resumed) == stream[16:20]
+
+
+def test_train_loader_with_workers_matches_in_process_loading():
+    data = MovingDigits(16, 3, num_videos=50)
+    a = train_loader(data, 4, 0, 1, seed=0, start_step=2, num_workers=0)
+    b = train_loader(data, 4, 0, 1, seed=0, start_step=2, num_workers=2)
+    for _ in range(3):
+        assert torch.equal(next(a)["video"], next(b)["video"])
+
+
+def test_num_workers_resolution():
+    assert resolve_num_workers(3) == 3
+    auto = resolve_num_workers(-1)
+    assert 0 <= auto <= 4
