@@ -15,6 +15,6 @@ setup(
     extras_require={
         "mpi": ["mpi4py"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "mpi4py", "mpich"],
+        "test": ["pytest", "mpi4py", "mpich", "tensorboard"],
     },
 )

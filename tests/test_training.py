@@ -212,3 +212,21 @@ def test_tiny_preset_learns_on_the_embedded_dataset(tmp_path):
     assert after < 0.85 * before, (before, after)
     rows = (tmp_path / "run" / "progress.csv").read_text().splitlines()
     assert rows[0].startswith("step,samples,loss,mse,vb,loss_q0") and rows[1].startswith("25,100,")
+
+
+def test_logger_writes_text_csv_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loop = loop_for(micro_config(tmp_path, max_steps=4, log_interval=2))
+    loop.run()
+    loop.logger.close()
+    run = tmp_path / "run"
+    rows = (run / "progress.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].split(",")[:3] == ["step", "samples", "loss"]
+    step4 = dict(zip(rows[0].split(","), rows[2].split(",")))
+    assert step4["step"] == "4" and step4["samples"] == "8" and float(step4["videos_per_s"]) > 0
+    assert all(step4[k] != "" for k in ("loss", "mse", "grad_norm", "lr", "steps_per_s"))
+    assert "step       4 | loss" in (run / "log.txt").read_text()
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4]

@@ -116,7 +116,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # Quick on a laptop CPU: a few minutes to see the loss fall and checkpoints appear.
     "tiny": dict(image_size=32, seq_len=8, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
                  attention_resolutions="8", num_heads=4, max_num_mask_frames=3, uncondition_rate=0.25,
-                 lr=3e-4, lr_warmup_steps=20, batch_size=4, ema_rate="0.99", max_steps=300,
+                 lr=3e-4, lr_warmup_steps=20, batch_size=4, ema_rate="0.99", max_steps=200,
                  log_interval=10, save_interval=100),
     # The RaMViD BAIR setup: 64x64, 20 frames, K = 4, p = 0.25, lr 2e-5.
     "bair64": dict(image_size=64, seq_len=20, num_channels=128, num_res_blocks=2, channel_mult="1,2,3,4",
