@@ -220,10 +220,12 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tuple(_GROUP_TYPES)) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tuple(_GROUP_TYPES),
+                     with_preset: bool = True) -> None:
     """Add one flag per configuration field. Defaults are suppressed so that only given flags override."""
-    parser.add_argument("--preset", default=argparse.SUPPRESS, choices=sorted(PRESETS),
-                        help="named configuration; explicit flags override it")
+    if with_preset:
+        parser.add_argument("--preset", default=argparse.SUPPRESS, choices=sorted(PRESETS),
+                            help="named configuration; explicit flags override it")
     for group in groups:
         arg_group = parser.add_argument_group(group)
         for f in dataclasses.fields(_GROUP_TYPES[group]):
@@ -238,9 +240,14 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tu
             arg_group.add_argument(f"--{f.name}", **kw)
 
 
+def given_fields(args: argparse.Namespace, groups: Sequence[str] = tuple(_GROUP_TYPES)) -> Dict[str, Any]:
+    """The configuration fields of ``groups`` given explicitly on the command line."""
+    return {k: v for k, v in vars(args).items() if _FIELD_GROUP.get(k) in groups}
+
+
 def config_from_args(args: argparse.Namespace, base: Optional[Config] = None) -> Config:
     """Defaults (or ``base``), then the preset, then explicitly given flags."""
-    given = {k: v for k, v in vars(args).items() if k in _FIELD_GROUP}
+    given = given_fields(args)
     preset = getattr(args, "preset", None)
     cfg = base or Config()
     if preset:

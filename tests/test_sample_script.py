@@ -1,0 +1,116 @@
+"""video_sample.py end to end, on checkpoints written by video_train.py."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, VENV_BIN, script_env
+from test_cli import MICRO_FLAGS
+
+SAMPLE = str(REPO / "scripts" / "video_sample.py")
+MPIEXEC = shutil.which("mpiexec", path=str(VENV_BIN)) or shutil.which("mpiexec")
+
+
+def run(cmd, timeout=300):
+    return subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    out = {}
+    for name, extra in (("masked", []), ("no_uncond", ["--uncondition_rate", "0"])):
+        proc = run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, *extra,
+                    "--log_dir", str(root / name), "--max_steps", "2", "--diffusion_steps", "50"])
+        assert proc.returncode == 0, proc.stderr
+        out[name] = root / name / "ckpt_0000002.pt"
+    return out
+
+
+def sample(ckpt, out_dir, *args, launcher=()):
+    return run([*launcher, sys.executable, SAMPLE, "--model_path", str(ckpt), "--out_dir", str(out_dir), *args])
+
+
+def test_prediction_with_only_model_path_and_task_flags(checkpoints, tmp_path):
+    proc = sample(checkpoints["masked"], tmp_path, "--task", "prediction", "--num_cond_frames", "1",
+                  "--num_samples", "3", "--save_gifs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "with EMA 0.9999 at step 2" in proc.stdout
+    f = np.load(tmp_path / "samples_3x4x16x16x3.npz")
+    assert f["arr_0"].dtype == np.uint8 and f["arr_0"].shape == (3, 4, 16, 16, 3)
+    assert f["gt"].shape == (3, 4, 16, 16, 3) and f["obs_mask"].tolist() == [[1, 0, 0, 0]] * 3
+    assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0])  # the given frame, exactly
+    assert not np.array_equal(f["arr_0"][:, 1:], f["gt"][:, 1:])
+    for name in ("sample_0000.gif", "sample_0000.png", "sample_0001.gif", "sample_0001.png"):
+        assert (tmp_path / name).is_file()
+    assert not (tmp_path / "sample_0002.gif").exists()
+
+
+def test_infill_and_generation(checkpoints, tmp_path):
+    proc = sample(checkpoints["masked"], tmp_path / "i", "--task", "infill", "--cond_frames", "0,3",
+                  "--num_samples", "2", "--sampler", "ddim", "--timestep_respacing", "ddim10")
+    assert proc.returncode == 0, proc.stderr
+    f = np.load(tmp_path / "i" / "samples_2x4x16x16x3.npz")
+    assert np.array_equal(f["arr_0"][:, [0, 3]], f["gt"][:, [0, 3]])
+    proc = sample(checkpoints["masked"], tmp_path / "g", "--task", "generation", "--num_samples", "2",
+                  "--use_ema", "false")
+    assert proc.returncode == 0, proc.stderr
+    assert "raw weights" in proc.stdout
+    f = np.load(tmp_path / "g" / "samples_2x4x16x16x3.npz")
+    assert set(f.files) == {"arr_0"}
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_one_and_two_ranks_write_the_same_file(checkpoints, tmp_path):
+    args = ("--num_samples", "3", "--batch_size", "2", "--sampler", "ddim", "--timestep_respacing", "ddim10",
+            "--seed", "5")
+    one = sample(checkpoints["masked"], tmp_path / "one", *args)
+    two = sample(checkpoints["masked"], tmp_path / "two", *args, launcher=(MPIEXEC, "-n", "2"))
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a = np.load(tmp_path / "one" / "samples_3x4x16x16x3.npz")
+    b = np.load(tmp_path / "two" / "samples_3x4x16x16x3.npz")
+    for key in ("arr_0", "gt", "obs_mask"):
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_long_rollout_from_the_script(checkpoints, tmp_path):
+    proc = sample(checkpoints["masked"], tmp_path, "--num_frames", "9", "--context_frames", "2",
+                  "--num_samples", "2", "--timestep_respacing", "10")
+    assert proc.returncode == 0, proc.stderr
+    f = np.load(tmp_path / "samples_2x9x16x16x3.npz")
+    assert f["gt"].shape == (2, 9, 16, 16, 3)
+    assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0])
+    assert f["obs_mask"].tolist() == [[1] + [0] * 8] * 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "infill", "--cond_frames", "0,4"], "--cond_frames [4] out of range: the model has seq_len 4"),
+    (["--num_cond_frames", "4"], "--num_cond_frames"),
+    (["--num_frames", "8", "--context_frames", "4"], "--context_frames 4"),
+    (["--num_channels", "16"], "do not match the weights"),
+    (["--ema_rate", "0.5"], "--ema_rate 0.5"),
+])
+def test_bad_sampling_flags(checkpoints, tmp_path, args, message):
+    proc = sample(checkpoints["masked"], tmp_path, *args)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_guidance_on_a_model_never_trained_unconditionally(checkpoints, tmp_path):
+    proc = sample(checkpoints["no_uncond"], tmp_path, "--guidance_scale", "2")
+    assert proc.returncode != 0 and "uncondition_rate 0" in proc.stderr
+    ok = sample(checkpoints["masked"], tmp_path, "--guidance_scale", "2", "--num_samples", "1",
+                "--timestep_respacing", "5")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_missing_or_foreign_model_path(tmp_path):
+    proc = sample(tmp_path / "nope.pt", tmp_path)
+    assert proc.returncode != 0 and "nope.pt" in proc.stderr and "does not exist" in proc.stderr
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"PK\x03\x04 not torch")
+    proc = sample(foreign, tmp_path)
+    assert proc.returncode != 0 and "foreign.pt" in proc.stderr and "not a readable checkpoint" in proc.stderr

@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+from conftest import micro_config
+from video_diffusion.build import create_diffusion, create_model
+from video_diffusion.masking import frames_mask, prediction_mask
+from video_diffusion.sampling import rollout, sample
+
+
+def random_model(cfg):
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model.eval()
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed * 1000 + i) for i in range(n)]
+
+
+CFG = micro_config()
+SHAPE = (3, 3, 4, 16, 16)
+X_KNOWN = torch.rand(SHAPE) * 2 - 1
+
+
+def u8(x):
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("sampler,respacing", [("ddpm", "25"), ("ddim", "ddim10")])
+@pytest.mark.parametrize("mask", [prediction_mask(3, 4, 1), frames_mask(3, 4, [0, 2])])
+@pytest.mark.parametrize("learn_sigma,mean", [(False, {}), (True, {}), (False, {"predict_v": True}),
+                                              (True, {"predict_xstart": True})])
+def test_given_frames_are_preserved_exactly(sampler, respacing, mask, learn_sigma, mean):
+    cfg = micro_config(learn_sigma=learn_sigma, timestep_respacing=respacing, **mean)
+    out = sample(create_diffusion(cfg), random_model(cfg), SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN,
+                 sampler=sampler)
+    assert out.shape == SHAPE and out.min() >= -1 and out.max() <= 1
+    observed = mask.bool()
+    assert torch.equal(u8(out).permute(0, 2, 1, 3, 4)[observed], u8(X_KNOWN).permute(0, 2, 1, 3, 4)[observed])
+    assert not torch.equal(u8(out).permute(0, 2, 1, 3, 4)[~observed], u8(X_KNOWN).permute(0, 2, 1, 3, 4)[~observed])
+
+
+def test_ddim_eta0_is_deterministic_and_each_video_depends_only_on_its_seed():
+    cfg = micro_config(timestep_respacing="ddim10")
+    d, m = create_diffusion(cfg), random_model(cfg)
+    mask = prediction_mask(3, 4, 1)
+    a = sample(d, m, SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN, sampler="ddim", eta=0.0)
+    b = sample(d, m, SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN, sampler="ddim", eta=0.0)
+    assert torch.equal(a, b)
+    # video 1 alone, with its own generator, equals video 1 of the batch
+    single = sample(d, m, (1,) + SHAPE[1:], gens(3)[1:2], obs_mask=mask[1:2], x_known=X_KNOWN[1:2],
+                    sampler="ddim", eta=0.0)
+    torch.testing.assert_close(single[0], a[1], atol=1e-5, rtol=1e-5)
+    c = sample(d, m, SHAPE, gens(3, seed=1), obs_mask=mask, x_known=X_KNOWN, sampler="ddim", eta=0.0)
+    assert not torch.equal(a, c)
+
+
+def test_unconditional_ddim_moves_the_sample():
+    cfg = micro_config(timestep_respacing="ddim10")
+    d, m = create_diffusion(cfg), random_model(cfg)
+    start = torch.stack([torch.randn(SHAPE[1:], generator=g) for g in gens(3)])
+    out = sample(d, m, SHAPE, gens(3), sampler="ddim")
+    assert (out - start.clamp(-1, 1)).abs().mean() > 0.05
+
+
+def test_neutral_guidance_equals_conditional_sampling_and_other_scales_differ():
+    cfg = micro_config(timestep_respacing="ddim10")
+    d, m = create_diffusion(cfg), random_model(cfg)
+    mask = prediction_mask(3, 4, 2)
+    kw = dict(obs_mask=mask, x_known=X_KNOWN, sampler="ddim")
+    plain = sample(d, m, SHAPE, gens(3), **kw)
+    assert torch.equal(sample(d, m, SHAPE, gens(3), guidance_scale=1.0, **kw), plain)
+    assert not torch.allclose(sample(d, m, SHAPE, gens(3), guidance_scale=3.0, **kw), plain)
+
+
+def test_resample_steps_1_equals_plain_replacement():
+    cfg = micro_config(timestep_respacing="10")
+    d, m = create_diffusion(cfg), random_model(cfg)
+    mask = prediction_mask(3, 4, 1)
+    got = sample(d, m, SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN, conditioning="replacement",
+                 resample_steps=1)
+    # plain replacement written out: noise the known frames to level t, paste, take a DDPM step
+    g = gens(3)
+    noise = lambda: torch.stack([torch.randn(SHAPE[1:], generator=gi) for gi in g])  # noqa: E731
+    observed = mask[:, None, :, None, None].bool()
+    x = noise()
+    for i in reversed(range(d.num_timesteps)):
+        t = torch.full((3,), i)
+        x = torch.where(observed, d.q_sample(X_KNOWN, t, noise()), x)
+        with torch.no_grad():
+            out = d.p_mean_variance(m, x, t, obs_mask=torch.zeros(3, 4))
+        x = out["mean"] + (i > 0) * torch.exp(0.5 * out["log_variance"]) * noise()
+    expected = torch.where(observed, X_KNOWN, x.clamp(-1, 1))
+    torch.testing.assert_close(got, expected)
+    more = sample(d, m, SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN, conditioning="replacement",
+                  resample_steps=3)
+    assert not torch.allclose(more, got)
+    assert torch.equal(u8(more)[:, :, 0], u8(X_KNOWN)[:, :, 0])
+
+
+def test_long_rollout_returns_L_frames_with_real_context_preserved():
+    cfg = micro_config(timestep_respacing="ddim5")
+    d, m = create_diffusion(cfg), random_model(cfg)
+    g = gens(2)
+    windows = []
+
+    def window(x_known, obs, w):
+        windows.append(obs[0].tolist())
+        return sample(d, m, (2, 3, 4, 16, 16), g, obs_mask=obs, x_known=x_known, sampler="ddim")
+
+    context = torch.rand(2, 3, 11, 16, 16) * 2 - 1
+    video = rollout(window, context, num_context=1, num_frames=11, seq_len=4, context_frames=2)
+    assert video.shape == (2, 3, 11, 16, 16)
+    assert torch.equal(video[:, :, 0], context[:, :, 0])
+    # first window: 1 given + 3 new; then 2 context + 2 new each: 1 + 3 + 2 + 2 + 2 = 10 < 11 -> 5 windows
+    assert windows[0] == [1, 0, 0, 0] and all(w == [1, 1, 0, 0] for w in windows[1:]) and len(windows) == 5
+    with pytest.raises(ValueError, match="--context_frames"):
+        rollout(window, context, 1, 11, 4, 4)
+
+
+def test_bad_sampler_options():
+    cfg = micro_config()
+    d, m = create_diffusion(cfg), random_model(cfg)
+    with pytest.raises(ValueError, match="--sampler"):
+        sample(d, m, SHAPE, gens(3), sampler="euler")
+    with pytest.raises(ValueError, match="--resample_steps"):
+        sample(d, m, SHAPE, gens(3), resample_steps=2)
+    with pytest.raises(ValueError, match="generator"):
+        sample(d, m, SHAPE, gens(2))
