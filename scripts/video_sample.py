@@ -12,6 +12,7 @@ flags given here override it (e.g. --timestep_respacing ddim50).
 
 import argparse
 import sys
+import time
 
 from video_diffusion import dist_util
 from video_diffusion.config import add_config_flags, given_fields, str2bool
@@ -64,7 +65,9 @@ def main(argv=None):
         if ctx.is_main:
             print(f"sampling {opts.num_samples} videos ({opts.task}) with {weights} from {args.model_path} "
                   f"on {ctx.world_size} rank(s)", flush=True)
+        start = time.perf_counter()
         mine = generate(cfg, model, opts, ctx, progress=ctx.is_main and sys.stderr.isatty())
+        elapsed = time.perf_counter() - start
     except (ValueError, FileNotFoundError) as e:
         dist_util.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -72,7 +75,8 @@ def main(argv=None):
     if ctx.is_main:
         samples, gt, masks = result
         path = save_samples(args.out_dir, samples, gt, masks)
-        print(f"wrote {path}", flush=True)
+        print(f"wrote {path} ({elapsed:.1f} s on rank 0, {elapsed * ctx.world_size / opts.num_samples:.2f} s per video)",
+              flush=True)
         if args.save_gifs:
             for p in save_previews(args.out_dir, samples, masks, args.save_gifs):
                 print(f"wrote {p}", flush=True)

@@ -130,3 +130,27 @@ def test_bad_sampler_options():
         sample(d, m, SHAPE, gens(3), resample_steps=2)
     with pytest.raises(ValueError, match="generator"):
         sample(d, m, SHAPE, gens(2))
+
+
+@pytest.mark.parametrize("sampler,respacing", [("ddpm", "50"), ("ddim", "ddim20")])
+@pytest.mark.parametrize("mean", [{}, {"predict_xstart": True}, {"predict_v": True}])
+@pytest.mark.parametrize("sigma", [{}, {"sigma_small": True}])
+def test_an_oracle_denoiser_samples_its_data(sampler, respacing, mean, sigma):
+    # Data concentrated on one video x*: the exact denoiser knows x_0 = x*, so every
+    # correct sampler, whatever the parameterisation, must end at x*.
+    cfg = micro_config(timestep_respacing=respacing, diffusion_steps=200, **mean, **sigma)
+    d = create_diffusion(cfg)
+    target = torch.rand(2, 3, 4, 8, 8) * 1.6 - 0.8
+    base_abar = torch.tensor(create_diffusion(micro_config(diffusion_steps=200)).alphas_cumprod, dtype=torch.float32)
+
+    def oracle(x, t, obs_mask=None):
+        abar = base_abar[t].reshape(-1, 1, 1, 1, 1)  # the network sees base-process timesteps
+        eps = (x - abar.sqrt() * target) / (1 - abar).sqrt()
+        if mean.get("predict_xstart"):
+            return target.clone()
+        if mean.get("predict_v"):
+            return abar.sqrt() * eps - (1 - abar).sqrt() * target
+        return eps
+
+    out = sample(d, oracle, target.shape, gens(2), sampler=sampler, eta=1.0 if sampler == "ddim" else 0.0)
+    torch.testing.assert_close(out, target, atol=2e-3, rtol=0)
