@@ -15,6 +15,7 @@ setup(
     extras_require={
         "mpi": ["mpi4py"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest", "mpi4py", "mpich", "tensorboard"],
+        "video": ["imageio", "imageio-ffmpeg"],  # MP4 previews
+        "test": ["pytest", "mpi4py", "mpich", "tensorboard", "imageio", "imageio-ffmpeg"],
     },
 )

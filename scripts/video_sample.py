@@ -17,7 +17,7 @@ import time
 from video_diffusion import dist_util
 from video_diffusion.config import add_config_flags, given_fields, str2bool
 from video_diffusion.sample_util import (SampleOptions, TASKS, gather_samples, generate, load_for_sampling,
-                                        sample_options_from, save_previews, save_samples)
+                                        mp4_available, sample_options_from, save_previews, save_samples)
 from video_diffusion.sampling import CONDITIONINGS, SAMPLERS
 
 
@@ -80,6 +80,8 @@ def main(argv=None):
         if args.save_gifs:
             for p in save_previews(args.out_dir, samples, masks, args.save_gifs):
                 print(f"wrote {p}", flush=True)
+            if not mp4_available():
+                print("no MP4 previews: pip install imageio imageio-ffmpeg to get them", flush=True)
     dist_util.cleanup(ctx)
 
 

@@ -44,9 +44,18 @@ def test_prediction_with_only_model_path_and_task_flags(checkpoints, tmp_path):
     assert f["gt"].shape == (3, 4, 16, 16, 3) and f["obs_mask"].tolist() == [[1, 0, 0, 0]] * 3
     assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0])  # the given frame, exactly
     assert not np.array_equal(f["arr_0"][:, 1:], f["gt"][:, 1:])
-    for name in ("sample_0000.gif", "sample_0000.png", "sample_0001.gif", "sample_0001.png"):
+    for name in ("sample_0000.gif", "sample_0000.png", "sample_0001.gif", "sample_0001.png", "sample_0001.mp4"):
         assert (tmp_path / name).is_file()
     assert not (tmp_path / "sample_0002.gif").exists()
+    from PIL import Image, ImageSequence
+    import imageio.v3 as iio
+
+    gif = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(tmp_path / "sample_0001.gif"))])
+    assert gif.shape == (4, 16, 16, 3)
+    assert iio.imread(tmp_path / "sample_0001.mp4").shape[0] == 4
+    strip = np.asarray(Image.open(tmp_path / "sample_0000.png"))
+    assert strip.shape == (20, 4 * 20, 3)
+    assert tuple(strip[0, 0]) == (220, 30, 30) and tuple(strip[0, 20]) == (255, 255, 255)  # frame 0 outlined
 
 
 def test_infill_and_generation(checkpoints, tmp_path):

@@ -220,6 +220,12 @@ def save_samples(out_dir, samples: np.ndarray, gt: Optional[np.ndarray], obs_mas
     return path
 
 
+def mp4_available() -> bool:
+    """MP4 previews need imageio with its ffmpeg plugin (pip install imageio imageio-ffmpeg)."""
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("imageio", "imageio_ffmpeg"))
+
+
 def save_previews(out_dir, samples: np.ndarray, obs_mask: np.ndarray, count: int, fps: int = 8) -> List[Path]:
     """
     The first ``count`` videos as animated GIFs and PNG strips (all frames in a row, given
@@ -246,14 +252,11 @@ def save_previews(out_dir, samples: np.ndarray, obs_mask: np.ndarray, count: int
         png = out_dir / f"sample_{i:04d}.png"
         strip.save(png)
         written += [gif, png]
-        try:
+        if mp4_available():
             import imageio.v3 as iio
-            import imageio_ffmpeg  # noqa: F401  (mp4 needs the ffmpeg plugin)
-        except ImportError:
-            continue
-        mp4 = out_dir / f"sample_{i:04d}.mp4"
-        iio.imwrite(mp4, np.stack([np.asarray(f) for f in frames]), fps=fps)
-        written.append(mp4)
+            mp4 = out_dir / f"sample_{i:04d}.mp4"
+            iio.imwrite(mp4, np.stack([np.asarray(f) for f in frames]), fps=fps)
+            written.append(mp4)
     return written
 
 
