@@ -11,11 +11,13 @@ setup(
         "numpy",
         "pillow>=10.1",  # ImageFont.load_default(size=...) draws the embedded dataset's digits
         "tqdm",
+        "av",  # PyAV: decodes .mp4/.avi/.webm/.mov for the folder loader
     ],
     extras_require={
         "mpi": ["mpi4py"],
         "tensorboard": ["tensorboard"],
         "video": ["imageio", "imageio-ffmpeg"],  # MP4 previews
-        "test": ["pytest", "mpi4py", "mpich", "tensorboard", "imageio", "imageio-ffmpeg"],
+        "bair": ["protobuf", "crc32c"],  # datasets/prepare_bair.py reads TFRecords without TensorFlow
+        "test": ["pytest", "mpi4py", "mpich", "tensorboard", "imageio", "imageio-ffmpeg", "protobuf", "crc32c"],
     },
 )

@@ -32,7 +32,8 @@ def build_parser():
     p.add_argument("--task", default=d.task, choices=TASKS, help="what the given frames are (default: prediction)")
     p.add_argument("--num_cond_frames", type=int, default=d.num_cond_frames, help="prediction: first c frames given")
     p.add_argument("--cond_frames", default=d.cond_frames, help="infill: given frame indices, e.g. '0,5,10'")
-    p.add_argument("--num_samples", type=int, default=d.num_samples, help="videos to generate")
+    p.add_argument("--num_samples", type=int, default=d.num_samples,
+                   help="videos to generate; 0 = one per test video (every video exactly once across ranks)")
     p.add_argument("--batch_size", type=int, default=d.batch_size, help="videos per forward pass per rank")
     p.add_argument("--seed", type=int, default=d.seed, help="video i uses the seed (seed, i)")
     p.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help="ancestral DDPM or DDIM")
@@ -63,19 +64,19 @@ def main(argv=None):
         cfg, model, weights = load_for_sampling(args.model_path, overrides, args.use_ema, args.ema_rate, ctx.device)
         opts = sample_options_from(args)
         if ctx.is_main:
-            print(f"sampling {opts.num_samples} videos ({opts.task}) with {weights} from {args.model_path} "
+            print(f"sampling {opts.num_samples or 'one per test video'} videos ({opts.task}) with {weights} from {args.model_path} "
                   f"on {ctx.world_size} rank(s)", flush=True)
         start = time.perf_counter()
-        mine = generate(cfg, model, opts, ctx, progress=ctx.is_main and sys.stderr.isatty())
+        mine, num_samples = generate(cfg, model, opts, ctx, progress=ctx.is_main and sys.stderr.isatty())
         elapsed = time.perf_counter() - start
     except (ValueError, FileNotFoundError) as e:
         dist_util.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    result = gather_samples(ctx, mine, opts.num_samples)
+    result = gather_samples(ctx, mine, num_samples)
     if ctx.is_main:
         samples, gt, masks = result
         path = save_samples(args.out_dir, samples, gt, masks)
-        print(f"wrote {path} ({elapsed:.1f} s on rank 0, {elapsed * ctx.world_size / opts.num_samples:.2f} s per video)",
+        print(f"wrote {path} ({elapsed:.1f} s on rank 0, {elapsed * ctx.world_size / num_samples:.2f} s per video)",
               flush=True)
         if args.save_gifs:
             for p in save_previews(args.out_dir, samples, masks, args.save_gifs):

@@ -54,7 +54,10 @@ def test_each_epoch_is_a_permutation_and_resume_continues_the_stream():
     assert sorted(stream[:12]) == list(range(12)) and sorted(stream[12:]) == list(range(12))
     assert stream[:12] != stream[12:]  # reshuffled per epoch
     resumed = iter(TrainBatchSampler(12, 4, 0, 1, seed=0, start_step=4))
-    assert next(resumed) == stream[16:20]
+    keys = next(resumed)
+    assert [index for index, _ in keys] == stream[16:20]
+    assert keys == s.keys_for_step(4)  # the same item seeds (they pick each video's window)
+    assert len({seed for _, seed in keys}) == 4
 
 
 def test_train_loader_with_workers_matches_in_process_loading():

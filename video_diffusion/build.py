@@ -28,6 +28,7 @@ def create_model(cfg: Config) -> UNet3D:
         use_scale_shift_norm=m.use_scale_shift_norm,
         use_checkpoint=m.use_checkpoint,
         mask_input=m.mask_input,
+        num_classes=m.num_classes or None,
     )
 
 

@@ -37,6 +37,7 @@ class ModelConfig:
     use_scale_shift_norm: bool = _f(True, "timestep embedding as scale and shift of the norm (FiLM)")
     use_checkpoint: bool = _f(False, "gradient checkpointing: less memory, about 30% more compute")
     mask_input: bool = _f(True, "tell the network which frames are observed (False = RaMViD's unaware network)")
+    num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
 @dataclass
@@ -63,6 +64,9 @@ class TrainConfig:
     log_dir: str = _f("", "run directory (logs, checkpoints); default runs/<preset or 'default'>")
     data_dir: str = _f("", "folder of training videos; empty = the embedded synthetic moving-digits data")
     num_workers: int = _f(-1, "DataLoader worker processes; -1 = fit the machine")
+    frame_stride: int = _f(1, "take every k-th frame of the source videos")
+    class_cond: bool = _f(False, "class-conditional: labels from the file-name prefix before the first '_'")
+    skip_bad_videos: bool = _f(False, "leave out (and count) unusable videos instead of stopping with an error")
     lr: float = _f(1e-4, "peak AdamW learning rate")
     lr_warmup_steps: int = _f(0, "linear warm-up steps from 0 to --lr")
     lr_anneal_steps: int = _f(0, "if > 0, lr decays linearly to 0 at this step")

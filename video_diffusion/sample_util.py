@@ -18,7 +18,7 @@ from . import dist_util
 from .build import create_diffusion, create_model
 from .checkpoint import load_checkpoint
 from .config import Config, apply_overrides, parse_int_list, validate
-from .data import MovingDigits, seed_of
+from .data import create_dataset, eval_shard, seed_of
 from .masking import frames_mask, prediction_mask, unconditional_mask
 from .sampling import rollout, sample
 
@@ -106,9 +106,10 @@ def resolve_conditioning(cfg: Config, opts: SampleOptions) -> str:
 
 def validate_options(cfg: Config, opts: SampleOptions) -> None:
     seq_len = cfg.model.seq_len
-    for flag in ("num_samples", "batch_size"):
-        if getattr(opts, flag) < 1:
-            raise ValueError(f"--{flag} must be >= 1, got {getattr(opts, flag)}")
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {opts.batch_size}")
+    if opts.num_samples < 0:
+        raise ValueError(f"--num_samples must be >= 0 (0 = one per test video), got {opts.num_samples}")
     task_mask(opts.task, 1, seq_len, opts.num_cond_frames, opts.cond_frames)  # raises on bad frames
     if opts.num_frames and opts.num_frames != seq_len:
         if opts.num_frames < seq_len:
@@ -127,12 +128,14 @@ def context_frames_of(cfg: Config, opts: SampleOptions) -> int:
 
 
 def test_dataset(cfg: Config, num_frames: int, data_dir: str = ""):
-    """Videos that provide the given frames and the ground truth: the embedded data, held out by seed."""
-    if data_dir:
-        raise ValueError(f"--data_dir {data_dir!r}: loading video folders is not available yet; omit it to "
-                         "take the given frames from the embedded dataset")
-    return MovingDigits(cfg.model.image_size, num_frames, channels=3 if cfg.model.rgb else 1,
-                        seed=seed_of(cfg.train.seed, 0x7E57))
+    """
+    Videos that provide the given frames and the ground truth, first window of each: the
+    folder ``data_dir``, or held-out embedded videos for a model trained on embedded data.
+    """
+    if not data_dir and cfg.train.data_dir:
+        raise ValueError(f"this model was trained on --data_dir {cfg.train.data_dir!r}: give --data_dir with "
+                         "the videos whose frames condition the samples (e.g. the test split)")
+    return create_dataset(cfg, data_dir=data_dir, seq_len=num_frames, windows="first", seed_offset=0x7E57)
 
 
 def to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -144,7 +147,8 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     """
     This rank's share of the samples.
 
-    :return: dict of global index -> (sample uint8 [T, H, W, C], gt uint8 or None, obs_mask [T]).
+    :return: (dict of global index -> (sample uint8 [T, H, W, C], gt uint8 or None, obs_mask [T]),
+        the total number of samples over all ranks).
     """
     validate_options(cfg, opts)
     conditioning = resolve_conditioning(cfg, opts)
@@ -154,7 +158,8 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     data = test_dataset(cfg, num_frames, opts.data_dir) if opts.task != "generation" else None
     channels = 3 if cfg.model.rgb else 1
     size = cfg.model.image_size
-    mine = list(range(ctx.rank, opts.num_samples, ctx.world_size))
+    num_samples = resolve_num_samples(opts, data)
+    mine = eval_shard(num_samples, ctx.rank, ctx.world_size)
     out = {}
     batches = [mine[i:i + opts.batch_size] for i in range(0, len(mine), opts.batch_size)]
     if progress:
@@ -163,14 +168,20 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     for idx in batches:
         n = len(idx)
         gens = [torch.Generator(device=ctx.device).manual_seed(seed_of(opts.seed, i)) for i in idx]
-        gt = torch.stack([data[i % len(data)]["video"] for i in idx]).to(ctx.device) if data is not None else None
+        items = [data[i] for i in idx] if data is not None else None
+        gt = torch.stack([it["video"] for it in items]).to(ctx.device) if items else None
+        model_kwargs = {}
+        if cfg.model.num_classes:  # labels of the test videos, or drawn from each video's seed
+            model_kwargs["y"] = torch.tensor([it["y"] for it in items] if items and "y" in items[0] else
+                                             [seed_of(opts.seed, i, 0xC1A55) % cfg.model.num_classes for i in idx],
+                                             device=ctx.device)
         mask = task_mask(opts.task, n, seq_len, opts.num_cond_frames, opts.cond_frames).to(ctx.device)
 
         def window(x_known, obs_mask, _w=None):
             return sample(diffusion, model, (n, channels, seq_len, size, size), gens, obs_mask=obs_mask,
                           x_known=x_known, sampler=opts.sampler, eta=opts.eta, conditioning=conditioning,
                           resample_steps=opts.resample_steps, guidance_scale=opts.guidance_scale,
-                          progress=progress, device=ctx.device)
+                          model_kwargs=model_kwargs, progress=progress, device=ctx.device)
 
         if num_frames == seq_len:
             videos = window(gt, mask)
@@ -185,7 +196,19 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
         gt_u8 = to_uint8(gt) if gt is not None else None
         for j, i in enumerate(idx):
             out[i] = (samples_u8[j], None if gt_u8 is None else gt_u8[j], full_mask[j].cpu().numpy().astype(np.uint8))
-    return out
+    return out, num_samples
+
+
+def resolve_num_samples(opts: SampleOptions, data) -> int:
+    """--num_samples 0 means one sample per test video; more samples than test videos is an error."""
+    if opts.num_samples == 0:
+        if data is None:
+            raise ValueError("--num_samples 0 (one per test video) needs a conditioning task")
+        return len(data)
+    if data is not None and opts.num_samples > len(data):
+        raise ValueError(f"--num_samples {opts.num_samples} exceeds the {len(data)} test videos; each sample "
+                         "takes its own video (use --num_samples 0 for one per video)")
+    return opts.num_samples
 
 
 def gather_samples(ctx: dist_util.DistContext, mine: Dict, num_samples: int):

@@ -217,7 +217,7 @@ class TrainLoop:
             with sync:
                 with torch.autocast(**self.autocast):
                     losses = self.diffusion.training_losses(model, x[i:j], t[i:j], obs_mask=masks[i:j],
-                                                            noise=noise[i:j])
+                                                            noise=noise[i:j], model_kwargs=self._kwargs(batch, i, j))
                 # Sum over the microbatch / full batch: any split, even or not, gives the batch mean.
                 loss = (losses["loss"] * weights[i:j]).sum() / n
                 loss.backward()
@@ -255,6 +255,14 @@ class TrainLoop:
                                        f"The last good checkpoint in {self.run_dir} is intact.")
         self.step += 1
         return ok
+
+    def _kwargs(self, batch, i, j):
+        """Network conditioning besides the frames: class labels for a class-conditional model."""
+        if self.cfg.model.num_classes:
+            if "y" not in batch:
+                raise ValueError("the model is class-conditional but the batch holds no labels 'y'")
+            return {"y": batch["y"][i:j].to(self.ctx.device)}
+        return {}
 
     def _accumulate(self, stats, losses, t):
         stats[_LOSS] += losses["loss"].float().sum()
@@ -353,6 +361,14 @@ def resolve_train_config(args):
 def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=None, dataset=None) -> TrainLoop:
     """Model, diffusion process and data of a configuration, assembled into a TrainLoop."""
     dataset = dataset if dataset is not None else create_dataset(cfg)
+    logger.info(f"data: {len(dataset)} videos from {cfg.train.data_dir or 'the embedded moving-digits generator'}")
+    for path, reason in getattr(dataset, "skipped", []):
+        logger.info(f"skipped {path}: {reason}")
+    if getattr(dataset, "skipped", None):
+        logger.info(f"--skip_bad_videos: {len(dataset.skipped)} unusable videos left out")
+    if cfg.train.class_cond:
+        cfg = apply_overrides(cfg, {"num_classes": len(dataset.classes)})
+        logger.info(f"class-conditional over {len(dataset.classes)} classes: {', '.join(dataset.classes[:10])}")
     workers = resolve_num_workers(cfg.train.num_workers, ctx.local_world_size)
 
     def data(start_step):

@@ -8,19 +8,31 @@ import os
 
 import torch
 
-from .sampler import TrainBatchSampler, seed_of
+from .folder import VideoFolder
+from .sampler import TrainBatchSampler, eval_shard, seed_of
 from .synthetic import MovingDigits
+from .video_io import BadVideo
 
-__all__ = ["MovingDigits", "TrainBatchSampler", "seed_of", "create_dataset", "train_loader", "resolve_num_workers"]
+__all__ = ["MovingDigits", "VideoFolder", "BadVideo", "TrainBatchSampler", "eval_shard", "seed_of",
+           "create_dataset", "train_loader", "resolve_num_workers"]
 
 
-def create_dataset(cfg):
-    """The training dataset named by the configuration (embedded moving digits when no --data_dir)."""
+def create_dataset(cfg, data_dir=None, seq_len=None, windows="random", seed_offset=0):
+    """
+    A dataset for the configuration: the video folder ``data_dir`` (default --data_dir), or
+    the embedded moving digits when there is none (``seed_offset`` picks other videos, e.g.
+    held-out ones for sampling).
+    """
     m, t = cfg.model, cfg.train
-    if t.data_dir:
-        raise ValueError(f"--data_dir {t.data_dir!r}: loading video folders is not available yet; "
-                         "train on the embedded dataset (omit --data_dir)")
-    return MovingDigits(m.image_size, m.seq_len, channels=3 if m.rgb else 1, seed=t.seed)
+    data_dir = t.data_dir if data_dir is None else data_dir
+    seq_len = seq_len or m.seq_len
+    channels = 3 if m.rgb else 1
+    if data_dir:
+        return VideoFolder(data_dir, m.image_size, seq_len, channels, frame_stride=t.frame_stride, windows=windows,
+                           class_cond=t.class_cond, skip_bad=t.skip_bad_videos)
+    if t.class_cond:
+        raise ValueError("--class_cond needs --data_dir (labels come from file-name prefixes)")
+    return MovingDigits(m.image_size, seq_len, channels=channels, seed=seed_of(t.seed, seed_offset) if seed_offset else t.seed)
 
 
 def resolve_num_workers(requested: int, local_world_size: int = 1) -> int:

@@ -8,7 +8,7 @@ slice of B = G / world_size. So the global batch at a step does not depend on th
 number of ranks, and resuming at step s only needs s.
 """
 
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -45,15 +45,24 @@ class TrainBatchSampler(torch.utils.data.Sampler):
         return self._perm
 
     def indices_for_step(self, step: int) -> List[int]:
+        return [index for index, _ in self.keys_for_step(step)]
+
+    def keys_for_step(self, step: int) -> List[Tuple[int, int]]:
+        """(dataset index, item seed) for this rank's videos at ``step``; the seed picks e.g. the window."""
         first = (step * self.world_size + self.rank) * self.batch_size
         out = []
         for pos in range(first, first + self.batch_size):
             epoch, offset = divmod(pos, self.num_items)
-            out.append(int(self._permutation(epoch)[offset]))
+            out.append((int(self._permutation(epoch)[offset]), seed_of(self.seed, 0xDA7A, pos)))
         return out
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         step = self.start_step
         while True:
-            yield self.indices_for_step(step)
+            yield self.keys_for_step(step)
             step += 1
+
+
+def eval_shard(num_items: int, rank: int, world_size: int) -> List[int]:
+    """This rank's evaluation items: every item exactly once over all ranks (strided, so ragged by at most 1)."""
+    return list(range(rank, num_items, world_size))

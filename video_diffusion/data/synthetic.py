@@ -72,6 +72,8 @@ class MovingDigits(torch.utils.data.Dataset):
                     pos[axis] = min(max(pos[axis], 0.0), limit)
         return np.round(video * 255).astype(np.uint8)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """``key`` is an index, or (index, seed) from the training sampler (the seed is not needed here)."""
+        index = key[0] if isinstance(key, tuple) else key
         frames = torch.from_numpy(self.frames(int(index)))
-        return {"video": frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0}
+        return {"video": frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0, "index": int(index)}
