@@ -33,7 +33,7 @@ def main(argv=None):
         loop = build_train_loop(cfg, ctx, logger, resume)
         loop.run()
         logger.info(f"done: step {loop.step}, checkpoints in {cfg.train.log_dir}")
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as e:

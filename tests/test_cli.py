@@ -72,6 +72,23 @@ def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
     assert proc.returncode != 0 and "nope.pt" in proc.stderr
 
 
-def test_data_dir_is_refused_until_folder_loading_exists(tmp_path):
-    proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run"), "--data_dir", str(tmp_path))
-    assert proc.returncode != 0 and "--data_dir" in proc.stderr
+def test_train_on_the_exported_synthetic_folder(tmp_path):
+    export = subprocess.run([sys.executable, str(REPO / "datasets" / "make_synthetic.py"), "--out_dir",
+                             str(tmp_path / "digits"), "--num_videos", "6", "--image_size", "16", "--seq_len", "6"],
+                            env=script_env(), capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    assert len(list((tmp_path / "digits").glob("*.npz"))) == 6 and len(list((tmp_path / "digits").glob("*.gif"))) == 6
+    run = tmp_path / "run"
+    proc = train(*MICRO_FLAGS, "--log_dir", str(run), "--data_dir", str(tmp_path / "digits"), "--max_steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "data: 12 videos from" in proc.stdout and (run / "ckpt_0000002.pt").is_file()
+
+
+def test_bad_data_dir_is_a_named_error(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "clip.mp4").write_bytes(b"not a video")
+    proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run"), "--data_dir", str(tmp_path / "v"))
+    assert proc.returncode != 0 and "clip.mp4: cannot be decoded" in proc.stderr
+    proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run2"), "--data_dir", str(tmp_path / "v"),
+                 "--skip_bad_videos")
+    assert proc.returncode != 0 and "none of its 1 videos is usable" in proc.stderr

@@ -159,9 +159,11 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     channels = 3 if cfg.model.rgb else 1
     size = cfg.model.image_size
     num_samples = resolve_num_samples(opts, data)
-    mine = eval_shard(num_samples, ctx.rank, ctx.world_size)
+    # Whole global batches go to ranks round-robin: each video is computed beside the same
+    # neighbours on any number of ranks, so the kernels, and the file, are bit-identical.
+    all_batches = [list(range(s, min(s + opts.batch_size, num_samples))) for s in range(0, num_samples, opts.batch_size)]
+    batches = [all_batches[b] for b in eval_shard(len(all_batches), ctx.rank, ctx.world_size)]
     out = {}
-    batches = [mine[i:i + opts.batch_size] for i in range(0, len(mine), opts.batch_size)]
     if progress:
         from tqdm import tqdm
         batches = tqdm(batches, desc="batches")
