@@ -123,3 +123,28 @@ def test_missing_or_foreign_model_path(tmp_path):
     foreign.write_bytes(b"PK\x03\x04 not torch")
     proc = sample(foreign, tmp_path)
     assert proc.returncode != 0 and "foreign.pt" in proc.stderr and "not a readable checkpoint" in proc.stderr
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_every_test_video_exactly_once_from_a_folder(tmp_path):
+    train_dir, test_dir = tmp_path / "train", tmp_path / "test"
+    for d, n in ((train_dir, 3), (test_dir, 5)):
+        d.mkdir()
+        for i in range(n):
+            np.savez(d / f"traj_{i:06d}.npz",
+                     video=np.random.default_rng(i + 10 * n).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8))
+    proc = run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, "--data_dir", str(train_dir),
+                "--log_dir", str(tmp_path / "run"), "--max_steps", "1", "--diffusion_steps", "50"])
+    assert proc.returncode == 0, proc.stderr
+    ckpt = tmp_path / "run" / "ckpt_0000001.pt"
+    missing = sample(ckpt, tmp_path / "s0")
+    assert missing.returncode != 0 and "give --data_dir" in missing.stderr
+    proc = sample(ckpt, tmp_path / "s", "--data_dir", str(test_dir), "--num_samples", "0", "--batch_size", "2",
+                  "--timestep_respacing", "5", launcher=(MPIEXEC, "-n", "2"))
+    assert proc.returncode == 0, proc.stderr
+    f = np.load(tmp_path / "s" / "samples_5x4x16x16x3.npz")  # 5 test videos over 2 ranks, ragged
+    for i in range(5):
+        assert np.array_equal(f["gt"][i], np.load(test_dir / f"traj_{i:06d}.npz")["video"][:4])
+        assert np.array_equal(f["arr_0"][i, 0], f["gt"][i, 0])
+    too_many = sample(ckpt, tmp_path / "s2", "--data_dir", str(test_dir), "--num_samples", "6")
+    assert too_many.returncode != 0 and "exceeds the 5 test videos" in too_many.stderr
