@@ -93,6 +93,12 @@ def test_long_rollout_from_the_script(checkpoints, tmp_path):
     assert f["gt"].shape == (2, 9, 16, 16, 3)
     assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0])
     assert f["obs_mask"].tolist() == [[1] + [0] * 8] * 2
+    # shorter than the training window (BAIR: trained on 20 frames, evaluated on 16): one short window
+    proc = sample(checkpoints["masked"], tmp_path / "short", "--num_frames", "3", "--num_samples", "2",
+                  "--timestep_respacing", "5")
+    assert proc.returncode == 0, proc.stderr
+    f = np.load(tmp_path / "short" / "samples_2x3x16x16x3.npz")
+    assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0]) and f["obs_mask"].tolist() == [[1, 0, 0]] * 2
 
 
 @pytest.mark.parametrize("args,message", [

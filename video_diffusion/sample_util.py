@@ -110,10 +110,11 @@ def validate_options(cfg: Config, opts: SampleOptions) -> None:
         raise ValueError(f"--batch_size must be >= 1, got {opts.batch_size}")
     if opts.num_samples < 0:
         raise ValueError(f"--num_samples must be >= 0 (0 = one per test video), got {opts.num_samples}")
-    task_mask(opts.task, 1, seq_len, opts.num_cond_frames, opts.cond_frames)  # raises on bad frames
-    if opts.num_frames and opts.num_frames != seq_len:
-        if opts.num_frames < seq_len:
-            raise ValueError(f"--num_frames {opts.num_frames} is shorter than the model's seq_len {seq_len}")
+    if opts.num_frames < 0:
+        raise ValueError(f"--num_frames must be >= 0 (0 = the model's seq_len), got {opts.num_frames}")
+    window = min(seq_len, opts.num_frames or seq_len)
+    task_mask(opts.task, 1, window, opts.num_cond_frames, opts.cond_frames)  # raises on bad frames
+    if opts.num_frames > seq_len:
         if opts.task == "infill":
             raise ValueError("--num_frames beyond seq_len works with --task prediction or generation")
         if not 1 <= context_frames_of(cfg, opts) < seq_len:
@@ -153,8 +154,10 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     validate_options(cfg, opts)
     conditioning = resolve_conditioning(cfg, opts)
     diffusion = create_diffusion(cfg)
-    seq_len = cfg.model.seq_len
-    num_frames = opts.num_frames or seq_len
+    num_frames = opts.num_frames or cfg.model.seq_len
+    # The network is convolutional in time, so a shorter clip is one window of num_frames;
+    # a longer one is rolled out window by window.
+    seq_len = min(cfg.model.seq_len, num_frames)
     data = test_dataset(cfg, num_frames, opts.data_dir) if opts.task != "generation" else None
     channels = 3 if cfg.model.rgb else 1
     size = cfg.model.image_size
@@ -185,7 +188,7 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
                           resample_steps=opts.resample_steps, guidance_scale=opts.guidance_scale,
                           model_kwargs=model_kwargs, progress=progress, device=ctx.device)
 
-        if num_frames == seq_len:
+        if num_frames <= seq_len:
             videos = window(gt, mask)
             full_mask = mask
         else:
