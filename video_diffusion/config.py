@@ -76,6 +76,8 @@ class TrainConfig:
     ema_rate: str = _f("0.9999", "comma-separated EMA decay rates, e.g. '0.999,0.9999'")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 = off")
     precision: str = _f("fp32", "'fp32', or 'bf16' autocast", choices=("fp32", "bf16"))
+    channels_last: bool = _f(True, "channels_last_3d memory layout for the 3D convolutions (faster on CPU and GPU)")
+    compile: bool = _f(False, "torch.compile the network (slow first steps, faster after)")
     max_steps: int = _f(500_000, "stop after this many optimizer steps")
     log_interval: int = _f(100, "steps between log lines and progress.csv rows")
     save_interval: int = _f(10_000, "steps between checkpoints (one is always written at the end)")

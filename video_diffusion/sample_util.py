@@ -73,7 +73,10 @@ def load_for_sampling(model_path, overrides: Optional[Dict] = None, use_ema: Opt
     except RuntimeError as e:
         raise ValueError(f"the model flags do not match the weights in {model_path} "
                          f"(drop the overriding model flags): {str(e).splitlines()[0]} ...") from e
-    return cfg, model.to(device).eval(), f"{desc} at step {state['step']}"
+    model = model.to(device).eval()
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return cfg, model, f"{desc} at step {state['step']}"
 
 
 def task_mask(task: str, batch: int, seq_len: int, num_cond_frames: int, cond_frames: str) -> torch.Tensor:

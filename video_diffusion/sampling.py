@@ -126,7 +126,7 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
                 x = torch.where(observed, x_known, x)
             else:
                 x = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
-            with torch.no_grad():
+            with torch.inference_mode():
                 output = _guided_output(diffusion, model, x, t, obs, x_known, conditioning, guidance_scale,
                                         model_kwargs, noise_fn)
                 out = diffusion.output_to_mean_variance(output, x, t, clip_denoised)

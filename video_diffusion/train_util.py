@@ -116,9 +116,15 @@ class TrainLoop:
         random.seed(rank_seed)
 
         self.model = model.to(ctx.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ddp = (DDP(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else None)
+        # the network as the loss calls it: DDP-wrapped across ranks, compiled on request
+        self.forward_model = self.ddp or self.model
+        if t.compile:
+            self.forward_model = torch.compile(self.forward_model)
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay,
                                      fused=ctx.device.type == "cuda")
         self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
@@ -206,7 +212,7 @@ class TrainLoop:
             raise ValueError(f"expected a video batch [N, C, {self.cfg.model.seq_len}, H, W], got {tuple(x.shape)}")
         n = x.shape[0]
         masks, t, weights, noise = self._per_video_randomness(x)
-        model = self.ddp or self.model
+        model = self.forward_model
         stats = torch.zeros(_NUM_STATS, device=x.device)
         all_losses = []
         self.opt.zero_grad(set_to_none=True)

@@ -253,6 +253,8 @@ class UNet3D(nn.Module):
             n, _, t, h, w = x.shape
             mask = obs_mask.to(x.dtype)[:, None, :, None, None].expand(n, 1, t, h, w)
             x = torch.cat([x, mask], dim=1)
+        if self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
+            x = x.contiguous(memory_format=torch.channels_last_3d)  # match the weights' layout
         skips = []
         h = x
         for block in self.input_blocks:

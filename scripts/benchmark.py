@@ -1,0 +1,143 @@
+"""
+Training and sampling speed, memory and FLOPs for a configuration.
+
+    python scripts/benchmark.py --preset tiny
+    python scripts/benchmark.py --preset bair64 --precision bf16 --peak_tflops 989 --json bench.json
+    python scripts/benchmark.py --image_size 32 --seq_len 8 --num_channels 32 --num_res_blocks 1 \\
+        --batch_size 2 --attention_resolutions 16,8      # RaMViD's tiny configuration
+    python scripts/benchmark.py --preset tiny --smoke    # seconds, for CI
+
+Training: median seconds per optimizer step over --steps timed steps after --warmup, on a
+fixed batch held in memory (data loading is measured by benchmark_data.py). Peak memory:
+max RSS of the process on CPU, max allocated on GPU. FLOPs per step: forward and backward
+of the network, counted by torch.utils.flop_counter. Sampling: seconds per video for
+--sample_batch videos with --sampler and --sample_steps steps.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from video_diffusion import dist_util
+from video_diffusion.build import create_diffusion
+from video_diffusion.config import add_config_flags, apply_overrides, config_from_args, validate
+from video_diffusion.data import create_dataset
+from video_diffusion.logger import RunLogger
+from video_diffusion.masking import prediction_mask
+from video_diffusion.sampling import sample
+from video_diffusion.train_util import build_train_loop
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(p)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"))
+    p.add_argument("--sample_steps", type=int, default=50, help="sampling steps (respacing)")
+    p.add_argument("--sample_batch", type=int, default=2, help="videos sampled together")
+    p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU, e.g. 989 (H100 bf16 dense)")
+    p.add_argument("--smoke", action="store_true", help="1 warm-up, 2 timed steps, 2 sampling steps (for CI)")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.warmup, args.sample_steps = 2, 1, 2
+    try:
+        cfg = config_from_args(args)
+        cfg = apply_overrides(cfg, {"log_dir": cfg.train.log_dir or "runs/benchmark", "num_workers": 0})
+        validate(cfg)
+        if args.steps < 1 or args.warmup < 0 or args.sample_steps < 1 or args.sample_batch < 1:
+            raise ValueError("--steps, --sample_steps and --sample_batch must be >= 1, --warmup >= 0")
+    except ValueError as e:
+        p.error(str(e))
+
+    ctx = dist_util.setup_dist()
+    device = ctx.device
+    logger = RunLogger(cfg.train.log_dir, enabled=False)
+    data = create_dataset(cfg)
+    batch = {"video": torch.stack([data[i]["video"] for i in range(cfg.train.batch_size)])}
+    loop = build_train_loop(cfg, ctx, logger, resume=None, dataset=data)
+    loop.data = iter(())  # the loop is driven with the fixed batch below
+
+    # FLOPs of one forward + backward of the network, counted on a separate step
+    with FlopCounterMode(display=False) as counter:
+        loop.run_step(batch)
+    flops_per_step = counter.get_total_flops()
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        sync(device)
+        start = time.perf_counter()
+        loop.run_step(batch)
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    s_per_step = statistics.median(times)
+    train_peak = peak_memory_mb(device)
+
+    # sampling: prediction from the first frame, the model in inference mode
+    model = loop.model.eval()
+    diffusion = create_diffusion(cfg, f"ddim{args.sample_steps}" if args.sampler == "ddim" else str(args.sample_steps))
+    n = args.sample_batch
+    shape = (n, batch["video"].shape[1], cfg.model.seq_len, cfg.model.image_size, cfg.model.image_size)
+    known = torch.stack([data[i]["video"] for i in range(n)]).to(device)
+    gens = [torch.Generator(device=device).manual_seed(i) for i in range(n)]
+    sync(device)
+    start = time.perf_counter()
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+        sample(diffusion, model, shape, gens, obs_mask=prediction_mask(n, cfg.model.seq_len, 1).to(device),
+               x_known=known, sampler=args.sampler, device=device)
+    sync(device)
+    sample_s_per_video = (time.perf_counter() - start) / n
+
+    achieved_tflops = flops_per_step / s_per_step / 1e12
+    result = {
+        "train_s_per_step": s_per_step,
+        "train_videos_per_s": cfg.train.batch_size / s_per_step,
+        "train_peak_mem_mb": train_peak,
+        "sample_s_per_video": sample_s_per_video,
+        "flops_per_step": flops_per_step,
+        "achieved_tflops": achieved_tflops,
+        "mfu": achieved_tflops / args.peak_tflops if args.peak_tflops else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "config": cfg.to_dict(),
+        "benchmark": {"steps": args.steps, "warmup": args.warmup, "sampler": args.sampler,
+                      "sample_steps": args.sample_steps, "sample_batch": n},
+    }
+    rows = [("device", result["device"]),
+            ("train s/step (median)", f"{s_per_step:.3f}"),
+            ("train videos/s", f"{result['train_videos_per_s']:.2f}"),
+            ("train peak memory MB", f"{train_peak:.0f}"),
+            ("GFLOP per step", f"{flops_per_step / 1e9:.1f}"),
+            ("achieved TFLOP/s", f"{achieved_tflops:.3f}"),
+            ("MFU", f"{result['mfu']:.1%}" if result["mfu"] is not None else "(give --peak_tflops)"),
+            (f"sample s/video ({args.sampler}, {args.sample_steps} steps, batch {n})", f"{sample_s_per_video:.2f}")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    dist_util.cleanup(ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
