@@ -136,24 +136,32 @@ def test_nan_step_is_skipped_and_logged(tmp_path):
     good = fixed_batches(cfg, 2)
     batches = [{"video": good}, {"video": torch.full_like(good, float("nan"))}, {"video": good}]
     loop = loop_for(cfg, data=lambda start: iter(batches))
-    assert loop.run_step(next(loop.data)) is True
-    params = flat_params(loop.model).clone()
-    assert loop.run_step(next(loop.data)) is False
-    assert torch.equal(flat_params(loop.model), params)  # the bad step changed nothing
-    assert loop.run_step(next(loop.data)) is True
+    assert loop.fused_adamw  # the skip happens on the device
+    assert bool(loop.run_step(next(loop.data))) is True
+    params, ema = flat_params(loop.model).clone(), flat_params(loop.ema[0.9]).clone()
+    adam_steps = [s["step"].item() for s in loop.opt.state.values()]
+    assert bool(loop.run_step(next(loop.data))) is False
+    assert torch.equal(flat_params(loop.model), params)  # the bad step changed nothing:
+    assert torch.equal(flat_params(loop.ema[0.9]), ema)  # not the weights, not the EMA,
+    assert [s["step"].item() for s in loop.opt.state.values()] == adam_steps  # not Adam's moments
+    assert loop.check_health() == 1
+    assert bool(loop.run_step(next(loop.data))) is True
+    assert loop.check_health() == 0
     assert loop.step == 3 and torch.isfinite(flat_params(loop.model)).all()
-    log = (tmp_path / "run" / "log.txt").read_text()
-    assert "step 1: non-finite loss" in log
+    row = loop.log_window()
+    assert row["skipped_steps"] == 1 and math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])
+    assert "steps 0-2: 1 non-finite loss or gradient step(s) skipped" in (tmp_path / "run" / "log.txt").read_text()
 
 
 def test_ten_bad_steps_stop_the_run_with_the_checkpoint_intact(tmp_path):
-    cfg = micro_config(tmp_path, max_steps=20, save_interval=2)
+    cfg = micro_config(tmp_path, max_steps=40, save_interval=2, log_interval=2)
     good = fixed_batches(cfg, 2)
-    batches = [{"video": good}] * 2 + [{"video": torch.full_like(good, float("inf"))}] * 20
+    batches = [{"video": good}] * 2 + [{"video": torch.full_like(good, float("inf"))}] * 30
     loop = loop_for(cfg, data=lambda start: iter(batches))
-    with pytest.raises(TrainingDiverged, match="10 non-finite steps"):
+    with pytest.raises(TrainingDiverged, match="10 non-finite steps in a row"):
         loop.run()
-    assert loop.step == 11  # steps 2..11 were the ten bad ones
+    # the check runs at log intervals: the run stops at the first one after the tenth bad step
+    assert loop.step == 12
     ckpts = list_checkpoints(tmp_path / "run")
     assert [p.name for p in ckpts] == ["ckpt_0000002.pt"]
     state = load_checkpoint(ckpts[0])
@@ -163,7 +171,7 @@ def test_ten_bad_steps_stop_the_run_with_the_checkpoint_intact(tmp_path):
 def test_bf16_autocast_trains(tmp_path):
     loop = loop_for(micro_config(tmp_path, precision="bf16"))
     for _ in range(2):
-        assert loop.run_step(next(loop.data))
+        assert bool(loop.run_step(next(loop.data)))
     assert torch.isfinite(flat_params(loop.model)).all()
 
 

@@ -38,6 +38,11 @@ _Q_LOSS, _Q_COUNT = slice(4, 8), slice(8, 12)
 _NUM_STATS = 12
 
 
+def _cpu_fused_adamw() -> bool:
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4)
+
+
 class TrainingDiverged(RuntimeError):
     """Raised after MAX_BAD_STEPS consecutive steps with a non-finite loss or gradient."""
 
@@ -125,12 +130,15 @@ class TrainLoop:
         self.forward_model = self.ddp or self.model
         if t.compile:
             self.forward_model = torch.compile(self.forward_model)
-        self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay,
-                                     fused=ctx.device.type == "cuda")
+        # Fused AdamW (GPU; CPU from torch 2.4) can skip a non-finite step on the device.
+        self.fused_adamw = ctx.device.type == "cuda" or _cpu_fused_adamw()
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay, fused=self.fused_adamw)
+        self.opt.grad_scale = None
+        self._streak = torch.zeros((), dtype=torch.long, device=ctx.device)
+        self._max_streak = torch.zeros((), dtype=torch.long, device=ctx.device)
         self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
         self.schedule_sampler = create_timestep_sampler(cfg.diffusion.schedule_sampler, diffusion.num_timesteps)
         self.step = 0
-        self.bad_streak = 0
         if resume is not None:
             self._resume(*resume)
         self._reset_log_window()
@@ -237,30 +245,43 @@ class TrainLoop:
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         stats = dist_util.all_reduce_sum(self.ctx, stats)
-        # Gradients are identical on all ranks after DDP's all-reduce and stats are summed,
-        # so every rank takes the same decision here.
-        ok = bool(torch.isfinite(grad_norm) & torch.isfinite(stats[:_COUNT]).all())
-        if ok:
-            lr = lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps, self.cfg.train.lr_anneal_steps)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
+        # Gradients are identical on all ranks after DDP's all-reduce and the stats are summed,
+        # so every rank reaches the same verdict; it stays on the device (no host sync).
+        finite = torch.isfinite(grad_norm) & torch.isfinite(stats[:_COUNT]).all()
+        lr = lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps, self.cfg.train.lr_anneal_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        if self.fused_adamw:
+            # fused AdamW skips the whole update (moments, step count, weights) where found_inf is set
+            self.opt.found_inf = (~finite).float()
             self.opt.step()
-            self._update_ema()
-            self.bad_streak = 0
-            self._log_stats += stats
-            self._log_grad_norm += grad_norm.detach()
-            self._log_good += 1
-        else:
-            self.opt.zero_grad(set_to_none=True)
-            self.bad_streak += 1
-            self._skipped += 1
-            self.logger.info(f"step {self.step}: non-finite loss or gradient (grad norm {float(grad_norm):.3g}); "
-                             f"step skipped ({self.bad_streak} in a row)")
-            if self.bad_streak >= MAX_BAD_STEPS:
-                raise TrainingDiverged(f"{MAX_BAD_STEPS} non-finite steps in a row at step {self.step}; stopping. "
-                                       f"The last good checkpoint in {self.run_dir} is intact.")
+        elif finite.item():  # unfused AdamW cannot skip on the device: one host sync per step
+            self.opt.step()
+        with torch.no_grad():
+            for rate, params in self.ema.items():  # a skipped step leaves the EMA as it is
+                torch._foreach_lerp_(params, self.params, finite.float() * (1.0 - rate))
+            bad = (~finite).long()
+            self._streak = (self._streak + 1) * bad
+            self._max_streak = torch.maximum(self._max_streak, self._streak)
+            self._log_bad += bad
+            self._log_stats += torch.where(finite, stats, torch.zeros_like(stats))
+            self._log_grad_norm += torch.where(finite, grad_norm.detach(), torch.zeros_like(grad_norm))
         self.step += 1
-        return ok
+        return finite
+
+    def check_health(self) -> int:
+        """
+        Look at the device-side counters of skipped steps (a host sync: called at log
+        intervals and before saves only). Raises TrainingDiverged after MAX_BAD_STEPS
+        non-finite steps in a row.
+
+        :return: the current number of non-finite steps in a row.
+        """
+        streak, max_streak = (int(v) for v in torch.stack([self._streak, self._max_streak]).tolist())
+        if max_streak >= MAX_BAD_STEPS:
+            raise TrainingDiverged(f"{max_streak} non-finite steps in a row (by step {self.step}); stopping. "
+                                   f"The last good checkpoint in {self.run_dir} is intact.")
+        return streak
 
     def _kwargs(self, batch, i, j):
         """Network conditioning besides the frames: class labels for a class-conditional model."""
@@ -280,34 +301,34 @@ class TrainLoop:
         stats[_Q_LOSS] += torch.zeros(4, device=t.device).index_add_(0, quartile, losses["loss"].float())
         stats[_Q_COUNT] += torch.bincount(quartile, minlength=4).float()
 
-    @torch.no_grad()
-    def _update_ema(self):
-        for rate, params in self.ema.items():
-            torch._foreach_lerp_(params, self.params, 1.0 - rate)
-
     # ------------------------------------------------------------------ the loop
     def _reset_log_window(self):
         self._log_stats = torch.zeros(_NUM_STATS, device=self.ctx.device)
         self._log_grad_norm = torch.zeros((), device=self.ctx.device)
-        self._log_good = 0
-        self._skipped = 0
+        self._log_bad = torch.zeros((), dtype=torch.long, device=self.ctx.device)
         self._log_time = time.perf_counter()
         self._log_step = self.step
 
-    def _log(self, lr: float):
-        s = self._log_stats.tolist()  # the only host sync of the log window besides the finite check
+    def log_window(self) -> Dict:
+        """Write the statistics of the steps since the last call (log.txt, progress.csv, TensorBoard)."""
+        values = torch.cat([self._log_stats, self._log_grad_norm[None], self._log_bad[None].float()]).tolist()
+        s, grad_sum, skipped = values[:_NUM_STATS], values[_NUM_STATS], int(values[_NUM_STATS + 1])
         steps = self.step - self._log_step
+        good = max(steps - skipped, 1)
         elapsed = max(time.perf_counter() - self._log_time, 1e-9)
         count = max(s[_COUNT], 1.0)
+        lr = self.opt.param_groups[0]["lr"]
         row = {"step": self.step, "samples": self.step * self.global_batch, "loss": s[_LOSS] / count,
                "mse": s[_MSE] / count, "vb": s[_VB] / count if self.cfg.model.learn_sigma else "",
-               "grad_norm": float(self._log_grad_norm) / max(self._log_good, 1), "lr": lr,
-               "steps_per_s": steps / elapsed, "videos_per_s": steps * self.global_batch / elapsed,
-               "skipped_steps": self._skipped}
+               "grad_norm": grad_sum / good, "lr": lr, "steps_per_s": steps / elapsed,
+               "videos_per_s": steps * self.global_batch / elapsed, "skipped_steps": skipped}
         for q in range(4):
             qc = s[_Q_COUNT.start + q]
             row[f"loss_q{q}"] = s[_Q_LOSS.start + q] / qc if qc else ""
         self.logger.row(row)
+        if skipped:
+            self.logger.info(f"steps {self._log_step}-{self.step - 1}: {skipped} non-finite loss or gradient "
+                             f"step(s) skipped")
         self.logger.info(f"step {self.step:>7d} | loss {row['loss']:.4f} | mse {row['mse']:.4f}"
                          + (f" | vb {row['vb']:.4f}" if row["vb"] != "" else "")
                          + f" | grad {row['grad_norm']:.3f} | lr {lr:.2e} | {row['videos_per_s']:.1f} videos/s")
@@ -331,14 +352,15 @@ class TrainLoop:
             if bar is not None:
                 bar.update(1)
             if self.step % t.log_interval == 0:
-                self._log(self.opt.param_groups[0]["lr"])
+                self.log_window()
+                self.check_health()
             save_due |= self.step % t.save_interval == 0
             # During a run of non-finite steps the save waits for the next good step, so
             # pruning never replaces the last checkpoint written before the trouble.
-            if save_due and self.bad_streak == 0:
+            if save_due and self.check_health() == 0:
                 self.save()
                 last_saved, save_due = self.step, False
-        if last_saved != self.step:
+        if self.check_health() == 0 and last_saved != self.step:
             self.save()
 
 
