@@ -1,0 +1,1 @@
+"""Evaluation: I3D features, Fréchet video distance, PSNR and SSIM."""
