@@ -1,7 +1,9 @@
 """FVD (Fréchet maths, TF1 resize, I3D, weights formats, the published black/white value), PSNR and SSIM."""
 
+import json
 import math
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +13,8 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, script_env
+from conftest import REPO, VENV_BIN, script_env
+from test_cli import MICRO_FLAGS
 from video_diffusion.evaluation.fvd import feature_stats, frechet_distance, fvd_from_features, tf1_resize_bilinear
 from video_diffusion.evaluation.i3d import INCEPTION, InceptionI3d
 from video_diffusion.evaluation.metrics import best_and_mean, psnr, ssim
@@ -268,3 +271,40 @@ def test_ssim_matches_scikit_image():
 def test_best_of_n():
     mean, best = best_and_mean(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
     assert mean == 2.0 and best == 2.5
+
+
+# ---------------------------------------------------------------- the BAIR protocol, end to end
+@pytest.mark.skipif(shutil.which("mpiexec", path=str(VENV_BIN)) is None, reason="mpiexec not installed")
+def test_bair_protocol_on_two_ranks(tmp_path):
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # 30-frame trajectories as prepare_bair.py writes them (smaller frames)
+        np.savez(test_dir / f"traj_{i:06d}.npz", video=rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
+    train = subprocess.run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, "--seq_len", "16",
+                            "--data_dir", str(test_dir), "--log_dir", str(tmp_path / "run"), "--max_steps", "1",
+                            "--diffusion_steps", "50", "--batch_size", "1"],
+                           env=script_env(), capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    out = tmp_path / "eval"
+    proc = subprocess.run([shutil.which("mpiexec", path=str(VENV_BIN)), "-n", "2", sys.executable,
+                           str(REPO / "scripts" / "eval_bair.py"), "--model_path", str(tmp_path / "run" / "ckpt_0000001.pt"),
+                           "--data_dir", str(test_dir), "--samples_per_video", "2", "--batch_size", "3",
+                           "--timestep_respacing", "ddim5", "--out_dir", str(out)],
+                          env=script_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "bair_eval.json").read_text())
+    assert r["num_videos"] == 3 and r["samples_per_video"] == 2 and r["world_size"] == 2
+    assert len(r["fvd_per_sample_index"]) == 2
+    assert r["fvd_per_sample_index_mean"] == pytest.approx(np.mean(r["fvd_per_sample_index"]))
+    assert r["fvd"] > 0 and r["psnr_best_of_n"] >= r["psnr_mean"] and 0 < r["ssim_mean"] <= r["ssim_best_of_n"] <= 1
+    shards = [np.load(out / f"samples_shard{k}of2.npz") for k in range(2)]
+    covered = sorted(set(np.concatenate([s["video_index"] for s in shards]).tolist()))
+    assert covered == [0, 1, 2]  # every test video, each on exactly one rank
+    assert sorted(zip(*(np.concatenate([s[k] for s in shards]).tolist() for k in ("video_index", "sample_index")))) \
+        == [(v, s) for v in range(3) for s in range(2)]
+    for shard in shards:
+        for video, v in zip(shard["arr_0"], shard["video_index"]):
+            assert video.shape == (16, 16, 16, 3)
+            assert np.array_equal(video[0], np.load(test_dir / f"traj_{v:06d}.npz")["video"][0])  # the given frame
+    assert proc.stdout.strip().splitlines()[-1].startswith("FVD: ")
