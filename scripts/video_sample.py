@@ -50,6 +50,8 @@ def build_parser():
     p.add_argument("--context_frames", type=int, default=d.context_frames,
                    help="rollout: frames each new window is conditioned on (0 = seq_len // 2)")
     p.add_argument("--data_dir", default=d.data_dir, help="videos giving the context frames (default: embedded data)")
+    p.add_argument("--deterministic", default=d.deterministic, choices=("first", "all"),
+                   help="test windows from --data_dir: the first of each video, or every non-overlapping one")
     p.add_argument("--save_gifs", type=int, default=0, help="write the first k videos as GIF and PNG strip")
     add_config_flags(p, groups=("model", "diffusion"), with_preset=False)
     return p

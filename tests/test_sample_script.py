@@ -154,3 +154,34 @@ def test_every_test_video_exactly_once_from_a_folder(tmp_path):
         assert np.array_equal(f["arr_0"][i, 0], f["gt"][i, 0])
     too_many = sample(ckpt, tmp_path / "s2", "--data_dir", str(test_dir), "--num_samples", "6")
     assert too_many.returncode != 0 and "exceeds the 5 test videos" in too_many.stderr
+
+
+def test_class_conditional_training_with_skipped_files_then_every_window(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("push_0", "push_1", "grasp_0"):
+        np.savez(data / f"{name}.npz", video=rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+    (data / "push_broken.mp4").write_bytes(b"garbage")
+    run_dir = tmp_path / "run"
+    proc = run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, "--data_dir", str(data),
+                "--class_cond", "--skip_bad_videos", "--log_dir", str(run_dir), "--max_steps", "1",
+                "--diffusion_steps", "50"])
+    assert proc.returncode == 0, proc.stderr
+    log = (run_dir / "log.txt").read_text()
+    assert "push_broken.mp4: cannot be decoded" in log and "1 unusable videos left out" in log
+    assert "class-conditional over 2 classes: grasp, push" in log
+    from video_diffusion.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "ckpt_0000001.pt")["config"]["model"]["num_classes"] == 2
+    # every non-overlapping 4-frame window of the 3 good 8-frame videos: 6 samples, labels from the files
+    test = tmp_path / "test"
+    test.mkdir()
+    for name in ("push_0", "push_1", "grasp_0"):
+        (test / f"{name}.npz").write_bytes((data / f"{name}.npz").read_bytes())
+    proc = sample(run_dir / "ckpt_0000001.pt", tmp_path / "s", "--data_dir", str(test), "--deterministic", "all",
+                  "--num_samples", "0", "--timestep_respacing", "5")
+    assert proc.returncode == 0, proc.stderr
+    f = np.load(tmp_path / "s" / "samples_6x4x16x16x3.npz")
+    first = np.load(test / "grasp_0.npz")["video"]
+    assert np.array_equal(f["gt"][0], first[:4]) and np.array_equal(f["gt"][1], first[4:8])

@@ -41,6 +41,7 @@ class SampleOptions:
     num_frames: int = 0
     context_frames: int = 0
     data_dir: str = ""
+    deterministic: str = "first"
 
 
 def load_for_sampling(model_path, overrides: Optional[Dict] = None, use_ema: Optional[bool] = None,
@@ -131,15 +132,18 @@ def context_frames_of(cfg: Config, opts: SampleOptions) -> int:
     return opts.context_frames or cfg.model.seq_len // 2
 
 
-def test_dataset(cfg: Config, num_frames: int, data_dir: str = ""):
+def test_dataset(cfg: Config, num_frames: int, data_dir: str = "", windows: str = "first"):
     """
-    Videos that provide the given frames and the ground truth, first window of each: the
-    folder ``data_dir``, or held-out embedded videos for a model trained on embedded data.
+    Videos that provide the given frames and the ground truth: the folder ``data_dir``
+    (``windows`` "first": the first window of each video; "all": every non-overlapping
+    window), or held-out embedded videos for a model trained on embedded data.
     """
     if not data_dir and cfg.train.data_dir:
         raise ValueError(f"this model was trained on --data_dir {cfg.train.data_dir!r}: give --data_dir with "
                          "the videos whose frames condition the samples (e.g. the test split)")
-    return create_dataset(cfg, data_dir=data_dir, seq_len=num_frames, windows="first", seed_offset=0x7E57)
+    if windows not in ("first", "all"):
+        raise ValueError(f"--deterministic must be 'first' or 'all', got {windows!r}")
+    return create_dataset(cfg, data_dir=data_dir, seq_len=num_frames, windows=windows, seed_offset=0x7E57)
 
 
 def to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -161,7 +165,7 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     # The network is convolutional in time, so a shorter clip is one window of num_frames;
     # a longer one is rolled out window by window.
     seq_len = min(cfg.model.seq_len, num_frames)
-    data = test_dataset(cfg, num_frames, opts.data_dir) if opts.task != "generation" else None
+    data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic) if opts.task != "generation" else None
     channels = 3 if cfg.model.rgb else 1
     size = cfg.model.image_size
     num_samples = resolve_num_samples(opts, data)
