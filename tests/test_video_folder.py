@@ -1,7 +1,5 @@
 """The folder loader: every format round-trips, bad files get named errors or counted skips."""
 
-import subprocess
-import sys
 
 import av
 import imageio.v3 as iio
@@ -10,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, script_env
 from video_diffusion.data import BadVideo, VideoFolder, eval_shard
 from video_diffusion.data.video_io import probe, read_frames, resize_frame
 

@@ -9,7 +9,7 @@ import csv
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 PROGRESS_FIELDS = ("step", "samples", "loss", "mse", "vb", "loss_q0", "loss_q1", "loss_q2", "loss_q3",
                    "grad_norm", "lr", "steps_per_s", "videos_per_s", "skipped_steps")
@@ -64,7 +64,7 @@ class RunLogger:
                 if k not in ("step", "samples") and v != "" and v is not None:
                     self._tb.add_scalar(f"train/{k}", v, values["step"])
 
-    def progress_bar(self, total: int, initial: int) -> Optional["tqdm"]:
+    def progress_bar(self, total: int, initial: int):
         """A tqdm bar when the main rank writes to a terminal; None otherwise."""
         if not self.enabled or not sys.stderr.isatty():
             return None

@@ -9,7 +9,7 @@ given frames from test video i, so the sample file is the same on 1 rank or 8.
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch

@@ -21,7 +21,7 @@ Randomness is per video: ``generators`` holds one generator per video, so a vide
 result depends on its own seed only, not on the batch it shares or the number of ranks.
 """
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 

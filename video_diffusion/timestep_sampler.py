@@ -6,7 +6,7 @@ Randomness comes from explicit generators (one per video), so the timesteps of v
 at step s depend on (seed, s, i) only, never on how many ranks share the batch.
 """
 
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
