@@ -1,7 +1,9 @@
 """
 Training data. A dataset is any map-style ``torch.utils.data.Dataset`` whose items are
-dicts holding ``video``: float [C, T, H, W] in [-1, 1] (plus optional ``y`` labels).
-Folder and BAIR loaders plug in here by returning such a dataset.
+dicts holding ``video``: float [C, T, H, W] in [-1, 1] (plus ``y`` labels for a
+class-conditional model). During training ``__getitem__`` receives ``(index, seed)``:
+the seed, drawn per video and step by the batch sampler, decides anything random about
+the item (e.g. which window of a long video), so data never depends on worker processes.
 """
 
 import os
