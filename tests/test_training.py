@@ -58,6 +58,20 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert not torch.equal(flat_params(first.model), flat_params(straight.model))
 
 
+def test_resume_from_a_checkpoint_written_by_an_unfused_optimizer(tmp_path):
+    from video_diffusion.checkpoint import save_checkpoint
+
+    loop_for(micro_config(tmp_path, max_steps=2, save_interval=2)).run()
+    state = load_checkpoint(tmp_path / "run" / "ckpt_0000002.pt")
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"], group["foreach"] = False, True  # as a non-fused (e.g. older) run stored it
+    save_checkpoint(tmp_path / "run", 3, {k: v for k, v in state.items() if k not in ("format", "version", "step")})
+    cfg = micro_config(tmp_path, max_steps=5)
+    loop = loop_for(cfg, find_resume(cfg))
+    assert loop.step == 3 and all(g["fused"] for g in loop.opt.param_groups)
+    assert bool(loop.run_step(next(loop.data)))
+
+
 def test_half_written_temporary_checkpoint_is_ignored(tmp_path):
     cfg = micro_config(tmp_path, max_steps=2, save_interval=2)
     loop_for(cfg).run()

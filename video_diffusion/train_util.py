@@ -177,6 +177,8 @@ class TrainLoop:
                              "Use a new --log_dir or the checkpoint's settings.")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # the stored groups carry the writer's implementation flags
+            group["fused"], group["foreach"] = self.fused_adamw, None if self.fused_adamw else group.get("foreach")
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         for rate in self.ema_rates:
             if str(rate) in state["ema"]:
