@@ -308,3 +308,18 @@ def test_bair_protocol_on_two_ranks(tmp_path):
             assert video.shape == (16, 16, 16, 3)
             assert np.array_equal(video[0], np.load(test_dir / f"traj_{v:06d}.npz")["video"][0])  # the given frame
     assert proc.stdout.strip().splitlines()[-1].startswith("FVD: ")
+
+
+def test_fvd_against_a_folder_of_real_videos(tmp_path):
+    rng = np.random.default_rng(0)
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(3):
+        np.savez(real / f"v{i}.npz", video=rng.integers(0, 256, (14, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "s.npz", rng.integers(0, 256, (3, 12, 16, 16, 3), dtype=np.uint8))
+    proc = fvd_script("--samples", str(tmp_path / "s.npz"), "--data_dir", str(real), "--features_out",
+                      str(tmp_path / "f.npz"), "--batch_size", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("FVD: ")
+    feats = np.load(tmp_path / "f.npz")
+    assert feats["samples"].shape == (3, 400) and feats["reference"].shape == (3, 400)  # first 12 frames of each
