@@ -211,11 +211,12 @@ class TrainLoop:
         noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in dev_gens])
         return masks, t, weights, noise
 
-    def run_step(self, batch: Dict[str, torch.Tensor]) -> bool:
+    def run_step(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """
         One optimizer step on this rank's batch (any size; microbatches weighted by their size).
 
-        :return: True if the step was applied, False if it was skipped as non-finite.
+        :return: a boolean tensor on the device: True if the step was applied, False if it
+            was skipped as non-finite (reading it on the host costs a sync).
         """
         x = batch["video"].to(self.ctx.device, non_blocking=True)
         if x.ndim != 5 or x.shape[2] != self.cfg.model.seq_len:
