@@ -92,3 +92,13 @@ def test_bad_data_dir_is_a_named_error(tmp_path):
     proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run2"), "--data_dir", str(tmp_path / "v"),
                  "--skip_bad_videos")
     assert proc.returncode != 0 and "none of its 1 videos is usable" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["scripts/video_sample.py", "scripts/eval_bair.py", "scripts/video_fvd.py",
+                                    "scripts/benchmark.py", "scripts/benchmark_data.py", "datasets/prepare_bair.py",
+                                    "datasets/make_synthetic.py"])
+def test_every_entry_point_explains_itself(script):
+    proc = subprocess.run([sys.executable, str(REPO / script), "--help"], env=script_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout and len(proc.stdout.splitlines()) > 10
