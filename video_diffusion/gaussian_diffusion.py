@@ -110,7 +110,7 @@ class GaussianDiffusion:
         self._device_cache: Dict = {}
 
     # ------------------------------------------------------------------ helpers
-    def _extract(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    def extract(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """Gather a per-timestep coefficient for each batch element, shaped to broadcast over ndim dims."""
         key = (name, t.device)
         if key not in self._device_cache:
@@ -135,8 +135,8 @@ class GaussianDiffusion:
         :param t: [N] timesteps.
         :return: (mean, variance, log_variance).
         """
-        mean = self._extract("sqrt_alphas_cumprod", t, x_start.ndim) * x_start
-        variance = self._extract("alphas_cumprod", t, x_start.ndim)
+        mean = self.extract("sqrt_alphas_cumprod", t, x_start.ndim) * x_start
+        variance = self.extract("alphas_cumprod", t, x_start.ndim)
         variance = (1.0 - variance).expand_as(x_start)
         return mean, variance, torch.log(variance)
 
@@ -151,8 +151,8 @@ class GaussianDiffusion:
         """
         if noise is None:
             noise = torch.randn_like(x_start)
-        return (self._extract("sqrt_alphas_cumprod", t, x_start.ndim) * x_start
-                + self._extract("sqrt_one_minus_alphas_cumprod", t, x_start.ndim) * noise)
+        return (self.extract("sqrt_alphas_cumprod", t, x_start.ndim) * x_start
+                + self.extract("sqrt_one_minus_alphas_cumprod", t, x_start.ndim) * noise)
 
     def q_posterior_mean_variance(self, x_start, x_t, t):
         """
@@ -161,31 +161,31 @@ class GaussianDiffusion:
         :return: (mean, variance, clipped log-variance).
         """
         nd = x_t.ndim
-        mean = self._extract("posterior_mean_coef1", t, nd) * x_start + self._extract("posterior_mean_coef2", t, nd) * x_t
-        return (mean, self._extract("posterior_variance", t, nd).expand_as(x_t),
-                self._extract("posterior_log_variance_clipped", t, nd).expand_as(x_t))
+        mean = self.extract("posterior_mean_coef1", t, nd) * x_start + self.extract("posterior_mean_coef2", t, nd) * x_t
+        return (mean, self.extract("posterior_variance", t, nd).expand_as(x_t),
+                self.extract("posterior_log_variance_clipped", t, nd).expand_as(x_t))
 
     # ------------------------------------------------------------------ parameterisations
     def predict_xstart_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
         nd = x_t.ndim
-        return self._extract("sqrt_recip_alphas_cumprod", t, nd) * x_t - self._extract("sqrt_recipm1_alphas_cumprod", t, nd) * eps
+        return self.extract("sqrt_recip_alphas_cumprod", t, nd) * x_t - self.extract("sqrt_recipm1_alphas_cumprod", t, nd) * eps
 
     def predict_eps_from_xstart(self, x_t, t, pred_xstart):
         """eps = (x_t - sqrt(abar) x_0) / sqrt(1 - abar)."""
         nd = x_t.ndim
-        return ((self._extract("sqrt_recip_alphas_cumprod", t, nd) * x_t - pred_xstart)
-                / self._extract("sqrt_recipm1_alphas_cumprod", t, nd))
+        return ((self.extract("sqrt_recip_alphas_cumprod", t, nd) * x_t - pred_xstart)
+                / self.extract("sqrt_recipm1_alphas_cumprod", t, nd))
 
     def predict_xstart_from_v(self, x_t, t, v):
         """x_0 = sqrt(abar) x_t - sqrt(1 - abar) v."""
         nd = x_t.ndim
-        return self._extract("sqrt_alphas_cumprod", t, nd) * x_t - self._extract("sqrt_one_minus_alphas_cumprod", t, nd) * v
+        return self.extract("sqrt_alphas_cumprod", t, nd) * x_t - self.extract("sqrt_one_minus_alphas_cumprod", t, nd) * v
 
     def get_v(self, x_start, noise, t):
         """v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)."""
         nd = x_start.ndim
-        return self._extract("sqrt_alphas_cumprod", t, nd) * noise - self._extract("sqrt_one_minus_alphas_cumprod", t, nd) * x_start
+        return self.extract("sqrt_alphas_cumprod", t, nd) * noise - self.extract("sqrt_one_minus_alphas_cumprod", t, nd) * x_start
 
     # ------------------------------------------------------------------ reverse process
     def split_model_output(self, model_output, channels: int):
@@ -212,16 +212,16 @@ class GaussianDiffusion:
         nd = x_t.ndim
         out, var_values = self.split_model_output(model_output, x_t.shape[1])
         if self.model_var_type == ModelVarType.LEARNED_RANGE:
-            min_log = self._extract("posterior_log_variance_clipped", t, nd)
-            max_log = self._extract("log_betas", t, nd)
+            min_log = self.extract("posterior_log_variance_clipped", t, nd)
+            max_log = self.extract("log_betas", t, nd)
             frac = (var_values.float() + 1) / 2  # the network outputs [-1, 1]
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
         else:
             name = "posterior_variance" if self.model_var_type == ModelVarType.FIXED_SMALL else "large_variance"
             log_name = "posterior_log_variance_clipped" if self.model_var_type == ModelVarType.FIXED_SMALL else "log_large_variance"
-            variance = self._extract(name, t, nd).expand_as(x_t)
-            log_variance = self._extract(log_name, t, nd).expand_as(x_t)
+            variance = self.extract(name, t, nd).expand_as(x_t)
+            log_variance = self.extract(log_name, t, nd).expand_as(x_t)
         out = out.float()
         if self.model_mean_type == ModelMeanType.EPSILON:
             pred_xstart = self.predict_xstart_from_eps(x_t, t, out)
@@ -258,10 +258,10 @@ class GaussianDiffusion:
         :param obs_mask: [N, T] frame mask, or None for unconditional.
         """
         obs = self._check_mask(x_t, obs_mask)
-        model_output = model(x_t, self._model_timesteps(t), obs_mask=obs, **(model_kwargs or {}))
+        model_output = model(x_t, self.model_timesteps(t), obs_mask=obs, **(model_kwargs or {}))
         return self.output_to_mean_variance(model_output, x_t, t, clip_denoised)
 
-    def _model_timesteps(self, t):
+    def model_timesteps(self, t):
         """The timesteps the network sees; a respaced process maps them back to the base process."""
         return t
 
@@ -295,7 +295,7 @@ class GaussianDiffusion:
             noise = torch.randn_like(x_start)
         observed = frames_to_elements(obs).bool()
         x_t = torch.where(observed, x_start, self.q_sample(x_start, t, noise))
-        model_output = model(x_t, self._model_timesteps(t), obs_mask=obs, **(model_kwargs or {}))
+        model_output = model(x_t, self.model_timesteps(t), obs_mask=obs, **(model_kwargs or {}))
         out, var_values = self.split_model_output(model_output, x_start.shape[1])
 
         terms = {}

@@ -69,7 +69,7 @@ class SpacedDiffusion(GaussianDiffusion):
         super().__init__(**{**base_kwargs, "betas": betas})
         self.base_num_timesteps = base.num_timesteps
 
-    def _model_timesteps(self, t):
+    def model_timesteps(self, t):
         key = ("timestep_map", t.device)
         if key not in self._device_cache:
             self._device_cache[key] = torch.as_tensor(self.timestep_map, dtype=torch.long, device=t.device)

@@ -41,14 +41,14 @@ def _guided_output(diffusion, model, x, t, obs, x_known, conditioning, guidance_
     kwargs = model_kwargs or {}
     zeros = torch.zeros_like(obs)
     if conditioning == "replacement":
-        return model(x, diffusion._model_timesteps(t), obs_mask=zeros, **kwargs)
-    cond = model(x, diffusion._model_timesteps(t), obs_mask=obs, **kwargs)
+        return model(x, diffusion.model_timesteps(t), obs_mask=zeros, **kwargs)
+    cond = model(x, diffusion.model_timesteps(t), obs_mask=obs, **kwargs)
     if guidance_scale == 1.0 or not obs.any():
         return cond
     # The unconditional pass must not see the given frames clean: noise them to level t.
     observed = frames_to_elements(obs).bool()
     x_uncond = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
-    uncond = model(x_uncond, diffusion._model_timesteps(t), obs_mask=zeros, **kwargs)
+    uncond = model(x_uncond, diffusion.model_timesteps(t), obs_mask=zeros, **kwargs)
     c = x.shape[1]
     mean = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
     return torch.cat([mean, cond[:, c:]], dim=1)  # a learned variance comes from the conditional pass
@@ -61,8 +61,8 @@ def _step(diffusion, out, x, t, sampler, eta, noise):
         return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
     # DDIM (Song et al. 2021), eq. 12; eta = 0 is deterministic, eta = 1 matches DDPM's variance.
     eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
-    abar = diffusion._extract("alphas_cumprod", t, x.ndim)
-    abar_prev = diffusion._extract("alphas_cumprod_prev", t, x.ndim)
+    abar = diffusion.extract("alphas_cumprod", t, x.ndim)
+    abar_prev = diffusion.extract("alphas_cumprod_prev", t, x.ndim)
     sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     mean = out["pred_xstart"] * torch.sqrt(abar_prev) + torch.sqrt((1 - abar_prev - sigma ** 2).clamp(min=0)) * eps
     return mean + nonzero * sigma * noise
@@ -133,7 +133,7 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
             x_prev = _step(diffusion, out, x, t, sampler, eta, noise_fn())
             if r < resample_steps - 1 and i > 0:
                 # back to level t: q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t)
-                beta = diffusion._extract("betas", t, x.ndim)
+                beta = diffusion.extract("betas", t, x.ndim)
                 x = torch.sqrt(1 - beta) * x_prev + torch.sqrt(beta) * noise_fn()
             else:
                 x = x_prev
