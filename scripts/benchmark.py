@@ -11,7 +11,7 @@ Training: median seconds per optimizer step over --steps timed steps after --war
 fixed batch held in memory (data loading is measured by benchmark_data.py). Peak memory:
 max RSS of the process on CPU, max allocated on GPU. FLOPs per step: forward and backward
 of the network, counted by torch.utils.flop_counter. Sampling: seconds per video for
---sample_batch videos with --sampler and --sample_steps steps.
+--sampling_batch videos with --sampler and --sampling_steps steps.
 """
 
 import argparse
@@ -47,25 +47,26 @@ def peak_memory_mb(device) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_config_flags(p)
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"))
-    p.add_argument("--sample_steps", type=int, default=50, help="sampling steps (respacing)")
-    p.add_argument("--sample_batch", type=int, default=2, help="videos sampled together")
+    p.add_argument("--sampling_steps", type=int, default=50, help="sampling steps (respacing)")
+    p.add_argument("--sampling_batch", type=int, default=2, help="videos sampled together")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU, e.g. 989 (H100 bf16 dense)")
     p.add_argument("--smoke", action="store_true", help="1 warm-up, 2 timed steps, 2 sampling steps (for CI)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     if args.smoke:
-        args.steps, args.warmup, args.sample_steps = 2, 1, 2
+        args.steps, args.warmup, args.sampling_steps = 2, 1, 2
     try:
         cfg = config_from_args(args)
         cfg = apply_overrides(cfg, {"log_dir": cfg.train.log_dir or "runs/benchmark", "num_workers": 0})
         validate(cfg)
-        if args.steps < 1 or args.warmup < 0 or args.sample_steps < 1 or args.sample_batch < 1:
-            raise ValueError("--steps, --sample_steps and --sample_batch must be >= 1, --warmup >= 0")
+        if args.steps < 1 or args.warmup < 0 or args.sampling_steps < 1 or args.sampling_batch < 1:
+            raise ValueError("--steps, --sampling_steps and --sampling_batch must be >= 1, --warmup >= 0")
     except ValueError as e:
         p.error(str(e))
 
@@ -95,8 +96,8 @@ def main(argv=None):
 
     # sampling: prediction from the first frame, the model in inference mode
     model = loop.model.eval()
-    diffusion = create_diffusion(cfg, f"ddim{args.sample_steps}" if args.sampler == "ddim" else str(args.sample_steps))
-    n = args.sample_batch
+    diffusion = create_diffusion(cfg, f"ddim{args.sampling_steps}" if args.sampler == "ddim" else str(args.sampling_steps))
+    n = args.sampling_batch
     shape = (n, batch["video"].shape[1], cfg.model.seq_len, cfg.model.image_size, cfg.model.image_size)
     known = torch.stack([data[i]["video"] for i in range(n)]).to(device)
     gens = [torch.Generator(device=device).manual_seed(i) for i in range(n)]
@@ -121,7 +122,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "config": cfg.to_dict(),
         "benchmark": {"steps": args.steps, "warmup": args.warmup, "sampler": args.sampler,
-                      "sample_steps": args.sample_steps, "sample_batch": n},
+                      "sample_steps": args.sampling_steps, "sample_batch": n},
     }
     rows = [("device", result["device"]),
             ("train s/step (median)", f"{s_per_step:.3f}"),
@@ -130,7 +131,7 @@ def main(argv=None):
             ("GFLOP per step", f"{flops_per_step / 1e9:.1f}"),
             ("achieved TFLOP/s", f"{achieved_tflops:.3f}"),
             ("MFU", f"{result['mfu']:.1%}" if result["mfu"] is not None else "(give --peak_tflops)"),
-            (f"sample s/video ({args.sampler}, {args.sample_steps} steps, batch {n})", f"{sample_s_per_video:.2f}")]
+            (f"sample s/video ({args.sampler}, {args.sampling_steps} steps, batch {n})", f"{sample_s_per_video:.2f}")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -13,19 +13,25 @@ import argparse
 import sys
 
 from video_diffusion import dist_util
-from video_diffusion.config import add_config_flags
+from video_diffusion.config import add_config_flags, describe_config, given_fields
 from video_diffusion.logger import RunLogger
 from video_diffusion.train_util import TrainingDiverged, build_train_loop, resolve_train_config
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_config_flags(parser)
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the resolved configuration (defaults, preset, checkpoint, flags) and exit")
     args = parser.parse_args(argv)
     try:
         cfg, resume = resolve_train_config(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    if args.print_config:
+        print(describe_config(cfg, given_fields(args), str(resume[0]) if resume else None))
+        return
 
     ctx = dist_util.setup_dist()
     logger = RunLogger(cfg.train.log_dir, enabled=ctx.is_main)

@@ -1,5 +1,6 @@
 """video_sample.py end to end, on checkpoints written by video_train.py."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,13 @@ def checkpoints(tmp_path_factory):
     return out
 
 
+def run_file(out_dir, name):
+    """The file ``name`` written by the one sampling run under ``out_dir`` (each run makes its own folder)."""
+    runs = [p for p in out_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0] / name
+
+
 def sample(ckpt, out_dir, *args, launcher=()):
     return run([*launcher, sys.executable, SAMPLE, "--model_path", str(ckpt), "--out_dir", str(out_dir), *args])
 
@@ -39,65 +47,92 @@ def test_prediction_with_only_model_path_and_task_flags(checkpoints, tmp_path):
                   "--num_samples", "3", "--save_gifs", "2")
     assert proc.returncode == 0, proc.stderr
     assert "with EMA 0.9999 at step 2" in proc.stdout
-    f = np.load(tmp_path / "samples_3x4x16x16x3.npz")
+    f = np.load(run_file(tmp_path, "samples_3x4x16x16x3.npz"))
     assert f["arr_0"].dtype == np.uint8 and f["arr_0"].shape == (3, 4, 16, 16, 3)
     assert f["gt"].shape == (3, 4, 16, 16, 3) and f["obs_mask"].tolist() == [[1, 0, 0, 0]] * 3
     assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0])  # the given frame, exactly
     assert not np.array_equal(f["arr_0"][:, 1:], f["gt"][:, 1:])
+    out = run_file(tmp_path, "")
     for name in ("sample_0000.gif", "sample_0000.png", "sample_0001.gif", "sample_0001.png", "sample_0001.mp4"):
-        assert (tmp_path / name).is_file()
-    assert not (tmp_path / "sample_0002.gif").exists()
+        assert (out / name).is_file()
+    assert not (out / "sample_0002.gif").exists()
     from PIL import Image, ImageSequence
     import imageio.v3 as iio
 
-    gif = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(tmp_path / "sample_0001.gif"))])
+    gif = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(out / "sample_0001.gif"))])
     assert gif.shape == (4, 16, 16, 3)
-    assert iio.imread(tmp_path / "sample_0001.mp4").shape[0] == 4
-    strip = np.asarray(Image.open(tmp_path / "sample_0000.png"))
+    assert iio.imread(out / "sample_0001.mp4").shape[0] == 4
+    strip = np.asarray(Image.open(out / "sample_0000.png"))
     assert strip.shape == (20, 4 * 20, 3)
     assert tuple(strip[0, 0]) == (220, 30, 30) and tuple(strip[0, 20]) == (255, 255, 255)  # frame 0 outlined
 
 
+def test_a_second_run_never_overwrites_the_first(checkpoints, tmp_path):
+    first = sample(checkpoints["masked"], tmp_path, "--task", "prediction", "--num_samples", "2", "--steps", "3")
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    second = sample(checkpoints["masked"], tmp_path, "--task", "infill", "--cond_frames", "0", "--num_samples", "2",
+                    "--steps", "3")
+    assert second.returncode == 0, second.stderr
+    assert all(p.read_bytes() == data for p, data in before.items())  # the first run's files untouched
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["000_prediction", "001_infill"]
+    for folder in folders:
+        assert (tmp_path / folder / "samples_2x4x16x16x3.npz").is_file()
+        assert json.loads((tmp_path / folder / "sample_options.json").read_text())["task"] == folder[4:]
+    assert "sampler ddim, 3 steps" in second.stdout and "s per video" in second.stdout
+
+
+def test_default_sampler_is_ddim_50_and_ddpm_is_one_flag_away(checkpoints, tmp_path):
+    proc = sample(checkpoints["masked"], tmp_path / "d", "--num_samples", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampler ddim, 50 steps, eta 0" in proc.stdout
+    # the checkpoint has 50 diffusion steps: ddpm without --steps walks them all
+    proc = sample(checkpoints["masked"], tmp_path / "p", "--num_samples", "1", "--sampler", "ddpm")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampler ddpm, 50 steps" in proc.stdout
+
+
 def test_infill_and_generation(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path / "i", "--task", "infill", "--cond_frames", "0,3",
-                  "--num_samples", "2", "--sampler", "ddim", "--timestep_respacing", "ddim10")
+                  "--num_samples", "2", "--sampler", "ddim", "--steps", "10")
     assert proc.returncode == 0, proc.stderr
-    f = np.load(tmp_path / "i" / "samples_2x4x16x16x3.npz")
+    f = np.load(run_file(tmp_path / "i", "samples_2x4x16x16x3.npz"))
     assert np.array_equal(f["arr_0"][:, [0, 3]], f["gt"][:, [0, 3]])
     proc = sample(checkpoints["masked"], tmp_path / "g", "--task", "generation", "--num_samples", "2",
                   "--use_ema", "false")
     assert proc.returncode == 0, proc.stderr
     assert "raw weights" in proc.stdout
-    f = np.load(tmp_path / "g" / "samples_2x4x16x16x3.npz")
+    f = np.load(run_file(tmp_path / "g", "samples_2x4x16x16x3.npz"))
     assert set(f.files) == {"arr_0"}
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_one_and_two_ranks_write_the_same_file(checkpoints, tmp_path):
-    args = ("--num_samples", "3", "--batch_size", "2", "--sampler", "ddim", "--timestep_respacing", "ddim10",
+    args = ("--num_samples", "3", "--batch_size", "2", "--sampler", "ddim", "--steps", "10",
             "--seed", "5")
     one = sample(checkpoints["masked"], tmp_path / "one", *args)
     two = sample(checkpoints["masked"], tmp_path / "two", *args, launcher=(MPIEXEC, "-n", "2"))
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    a = np.load(tmp_path / "one" / "samples_3x4x16x16x3.npz")
-    b = np.load(tmp_path / "two" / "samples_3x4x16x16x3.npz")
+    a = np.load(run_file(tmp_path / "one", "samples_3x4x16x16x3.npz"))
+    b = np.load(run_file(tmp_path / "two", "samples_3x4x16x16x3.npz"))
     for key in ("arr_0", "gt", "obs_mask"):
         assert np.array_equal(a[key], b[key]), key
 
 
 def test_long_rollout_from_the_script(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path, "--num_frames", "9", "--context_frames", "2",
-                  "--num_samples", "2", "--timestep_respacing", "10")
+                  "--num_samples", "2", "--sampler", "ddpm", "--steps", "10")
     assert proc.returncode == 0, proc.stderr
-    f = np.load(tmp_path / "samples_2x9x16x16x3.npz")
+    f = np.load(run_file(tmp_path, "samples_2x9x16x16x3.npz"))
     assert f["gt"].shape == (2, 9, 16, 16, 3)
     assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0])
     assert f["obs_mask"].tolist() == [[1] + [0] * 8] * 2
     # shorter than the training window (BAIR: trained on 20 frames, evaluated on 16): one short window
     proc = sample(checkpoints["masked"], tmp_path / "short", "--num_frames", "3", "--num_samples", "2",
-                  "--timestep_respacing", "5")
+                  "--steps", "5")
     assert proc.returncode == 0, proc.stderr
-    f = np.load(tmp_path / "short" / "samples_2x3x16x16x3.npz")
+    f = np.load(run_file(tmp_path / "short", "samples_2x3x16x16x3.npz"))
     assert np.array_equal(f["arr_0"][:, 0], f["gt"][:, 0]) and f["obs_mask"].tolist() == [[1, 0, 0]] * 2
 
 
@@ -118,7 +153,7 @@ def test_guidance_on_a_model_never_trained_unconditionally(checkpoints, tmp_path
     proc = sample(checkpoints["no_uncond"], tmp_path, "--guidance_scale", "2")
     assert proc.returncode != 0 and "uncondition_rate 0" in proc.stderr
     ok = sample(checkpoints["masked"], tmp_path, "--guidance_scale", "2", "--num_samples", "1",
-                "--timestep_respacing", "5")
+                "--steps", "5")
     assert ok.returncode == 0, ok.stderr
 
 
@@ -146,9 +181,9 @@ def test_every_test_video_exactly_once_from_a_folder(tmp_path):
     missing = sample(ckpt, tmp_path / "s0")
     assert missing.returncode != 0 and "give --data_dir" in missing.stderr
     proc = sample(ckpt, tmp_path / "s", "--data_dir", str(test_dir), "--num_samples", "0", "--batch_size", "2",
-                  "--timestep_respacing", "5", launcher=(MPIEXEC, "-n", "2"))
+                  "--steps", "5", launcher=(MPIEXEC, "-n", "2"))
     assert proc.returncode == 0, proc.stderr
-    f = np.load(tmp_path / "s" / "samples_5x4x16x16x3.npz")  # 5 test videos over 2 ranks, ragged
+    f = np.load(run_file(tmp_path / "s", "samples_5x4x16x16x3.npz"))  # 5 test videos over 2 ranks, ragged
     for i in range(5):
         assert np.array_equal(f["gt"][i], np.load(test_dir / f"traj_{i:06d}.npz")["video"][:4])
         assert np.array_equal(f["arr_0"][i, 0], f["gt"][i, 0])
@@ -180,8 +215,8 @@ def test_class_conditional_training_with_skipped_files_then_every_window(tmp_pat
     for name in ("push_0", "push_1", "grasp_0"):
         (test / f"{name}.npz").write_bytes((data / f"{name}.npz").read_bytes())
     proc = sample(run_dir / "ckpt_0000001.pt", tmp_path / "s", "--data_dir", str(test), "--deterministic", "all",
-                  "--num_samples", "0", "--timestep_respacing", "5")
+                  "--num_samples", "0", "--steps", "5")
     assert proc.returncode == 0, proc.stderr
-    f = np.load(tmp_path / "s" / "samples_6x4x16x16x3.npz")
+    f = np.load(run_file(tmp_path / "s", "samples_6x4x16x16x3.npz"))
     first = np.load(test / "grasp_0.npz")["video"]
     assert np.array_equal(f["gt"][0], first[:4]) and np.array_equal(f["gt"][1], first[4:8])

@@ -28,6 +28,8 @@ def create_model(cfg: Config) -> UNet3D:
         use_scale_shift_norm=m.use_scale_shift_norm,
         use_checkpoint=m.use_checkpoint,
         mask_input=m.mask_input,
+        conv_type=m.conv_type,
+        patch_size=m.patch_size,
         num_classes=m.num_classes or None,
     )
 
@@ -48,7 +50,8 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None) -> GaussianDif
         var_type = ModelVarType.FIXED_SMALL if d.sigma_small else ModelVarType.FIXED_LARGE
     kwargs = dict(betas=get_named_beta_schedule(d.noise_schedule, d.diffusion_steps), model_mean_type=mean_type,
                   model_var_type=var_type,
-                  loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE)
+                  loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
+                  min_snr_gamma=d.min_snr_gamma)
     if not respacing:
         return GaussianDiffusion(**kwargs)
     return SpacedDiffusion(space_timesteps(d.diffusion_steps, respacing), **kwargs)

@@ -30,6 +30,9 @@ class ModelConfig:
     attention_resolutions: str = _f("16,8", "frame sizes (pixels) at which attention is used, e.g. '16,8'")
     attention_type: str = _f("factorized", "'factorized' (spatial then temporal) or 'full' space-time (RaMViD)",
                              choices=("factorized", "full"))
+    conv_type: str = _f("3d", "residual-block convolutions: '3d' (3x3x3) or '2+1d' (3x3 in space, then 3 in time: "
+                        "about half the compute)", choices=("3d", "2+1d"))
+    patch_size: int = _f(1, "fold p x p pixel patches into channels: the UNet runs at 1/p resolution, ~p^2 cheaper")
     num_heads: int = _f(4, "attention heads")
     num_head_channels: int = _f(-1, "channels per head (overrides num_heads when > 0)")
     dropout: float = _f(0.0, "dropout rate in residual blocks")
@@ -47,6 +50,7 @@ class DiffusionConfig:
     timestep_respacing: str = _f("", "train/sample on a subset of steps: 'ddim50' or counts '250' / '10,20'")
     predict_xstart: bool = _f(False, "the network predicts x_0 instead of the noise")
     predict_v: bool = _f(False, "the network predicts v = sqrt(abar) eps - sqrt(1-abar) x_0")
+    min_snr_gamma: float = _f(0.0, "Min-SNR-gamma loss weighting (e.g. 5); 0 = off")
     sigma_small: bool = _f(False, "fixed variance: posterior variance (True) or beta_t (False); ignored with learn_sigma")
     rescale_learned_sigmas: bool = _f(True, "loss 'rescaled MSE': scale the VB term by T/1000")
     schedule_sampler: str = _f("uniform", "timestep sampler", choices=("uniform", "loss-second-moment"))
@@ -81,6 +85,11 @@ class TrainConfig:
     max_steps: int = _f(500_000, "stop after this many optimizer steps")
     log_interval: int = _f(100, "steps between log lines and progress.csv rows")
     save_interval: int = _f(10_000, "steps between checkpoints (one is always written at the end)")
+    sample_interval: int = _f(0, "steps between previews: predictions of held-out videos written to <log_dir>/samples/ "
+                                 "and their PSNR/SSIM to progress.csv; 0 = off")
+    sample_videos: int = _f(4, "videos in each preview")
+    sample_cond_frames: int = _f(2, "given frames of each preview prediction")
+    sample_steps: int = _f(20, "DDIM steps of each preview")
     keep_checkpoints: int = _f(3, "how many of the newest checkpoints to keep")
     resume_checkpoint: str = _f("", "resume from this checkpoint file (default: newest in --log_dir)")
     seed: int = _f(0, "global seed; per-video randomness is derived from it, the step and the video index")
@@ -181,15 +190,19 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     mult = channel_mult_of(m)
     if not mult or min(mult) < 1:
         raise ValueError(f"--channel_mult must be positive integers, got {m.channel_mult!r}")
-    down = 2 ** (len(mult) - 1)
+    if m.patch_size < 1:
+        raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
+    down = m.patch_size * 2 ** (len(mult) - 1)
     if m.image_size % down:
         raise ValueError(f"--image_size {m.image_size} must be divisible by {down}, the total downsampling of "
-                         f"--channel_mult {','.join(map(str, mult))}")
+                         f"--patch_size {m.patch_size} and --channel_mult {','.join(map(str, mult))}")
     parse_int_list(m.attention_resolutions, "--attention_resolutions")
     if not 0.0 <= m.dropout < 1.0:
         raise ValueError(f"--dropout must lie in [0, 1), got {m.dropout}")
     if d.predict_xstart and d.predict_v:
         raise ValueError("--predict_xstart and --predict_v are exclusive: pick one parameterisation")
+    if d.min_snr_gamma < 0:
+        raise ValueError(f"--min_snr_gamma must be >= 0 (0 = off), got {d.min_snr_gamma}")
     from .gaussian_diffusion import get_named_beta_schedule
     if get_named_beta_schedule(d.noise_schedule, d.diffusion_steps).max() >= 1:
         raise ValueError(f"--diffusion_steps {d.diffusion_steps} is too few for the {d.noise_schedule} schedule "
@@ -210,6 +223,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"--lr must be > 0, got {t.lr}")
     if t.lr_warmup_steps < 0 or t.lr_anneal_steps < 0:
         raise ValueError("--lr_warmup_steps and --lr_anneal_steps must be >= 0")
+    if t.sample_interval < 0:
+        raise ValueError(f"--sample_interval must be >= 0 (0 = no previews), got {t.sample_interval}")
+    if t.sample_interval and not 0 < t.sample_cond_frames < m.seq_len:
+        raise ValueError(f"--sample_cond_frames must be in [1, --seq_len {m.seq_len}), got {t.sample_cond_frames}")
+    if t.sample_videos < 1 or t.sample_steps < 1:
+        raise ValueError("--sample_videos and --sample_steps must be >= 1")
     if t.grad_clip < 0:
         raise ValueError(f"--grad_clip must be >= 0, got {t.grad_clip}")
 
@@ -227,16 +246,23 @@ def str2bool(v) -> bool:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tuple(_GROUP_TYPES),
-                     with_preset: bool = True) -> None:
-    """Add one flag per configuration field. Defaults are suppressed so that only given flags override."""
+                     with_preset: bool = True, exclude: Sequence[str] = ()) -> None:
+    """Add one flag per configuration field (but ``exclude``). Defaults are suppressed so that only
+    given flags override."""
     if with_preset:
+        listing = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                            for name, values in PRESETS.items())
         parser.add_argument("--preset", default=argparse.SUPPRESS, choices=sorted(PRESETS),
-                            help="named configuration; explicit flags override it")
+                            help=f"named configuration; explicit flags override it ({listing})".replace("%", "%%"))
     for group in groups:
         arg_group = parser.add_argument_group(group)
         for f in dataclasses.fields(_GROUP_TYPES[group]):
+            if f.name in exclude:
+                continue
+            in_presets = "".join(f"; {name}: {values[f.name]!r}" for name, values in PRESETS.items()
+                                 if f.name in values) if with_preset else ""
             kw: Dict[str, Any] = dict(default=argparse.SUPPRESS,
-                                     help=f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%"))
+                                     help=f"{f.metadata['help']} (default: {f.default!r}{in_presets})".replace("%", "%%"))
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
             if f.type is bool or f.type == "bool":
@@ -244,6 +270,30 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tu
             else:
                 kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
             arg_group.add_argument(f"--{f.name}", **kw)
+
+
+def describe_config(cfg: Config, given: Dict[str, Any], resumed_from: Optional[str] = None) -> str:
+    """
+    Every field of ``cfg`` with its value and where the value comes from: a flag given
+    now, the preset, the checkpoint being resumed, or the default.
+    """
+    preset = PRESETS.get(cfg.preset, {})
+    defaults = Config().flat()
+    lines = []
+    for group, group_type in _GROUP_TYPES.items():
+        lines.append(f"[{group}]")
+        for f in dataclasses.fields(group_type):
+            value = getattr(getattr(cfg, group), f.name)
+            if f.name in given:
+                source = "flag"
+            elif resumed_from and value != preset.get(f.name, defaults[f.name]):
+                source = f"checkpoint {resumed_from}"
+            elif f.name in preset:
+                source = f"preset {cfg.preset}"
+            else:
+                source = "default"
+            lines.append(f"  --{f.name} {value!r}  ({source})")
+    return "\n".join(lines)
 
 
 def given_fields(args: argparse.Namespace, groups: Sequence[str] = tuple(_GROUP_TYPES)) -> Dict[str, Any]:

