@@ -111,7 +111,7 @@ def convert_tfds(out_dir, camera: str = "image_aux1") -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                allow_abbrev=False)
     p.add_argument("--tfrecord_dir", help="folder holding {train,test}/*.tfrecords (searched recursively)")
     p.add_argument("--out_dir", required=True, help="output folder; trajectories go to OUT/<split>/")
     p.add_argument("--camera", default="image_aux1", choices=CAMERAS, help="which view (image_aux1 is the standard)")

@@ -48,7 +48,7 @@ def peak_memory_mb(device) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                allow_abbrev=False)
     add_config_flags(p)
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")

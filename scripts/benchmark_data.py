@@ -51,7 +51,7 @@ def measure(root, image_size, seq_len, batch_size, workers, batches):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                allow_abbrev=False)
     p.add_argument("--formats", default="npz,mp4", help="comma list of npz, mp4")
     p.add_argument("--workers", default="0,2", help="comma list of DataLoader worker counts")
     p.add_argument("--num_videos", type=int, default=64)

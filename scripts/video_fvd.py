@@ -32,7 +32,7 @@ def folder_videos(data_dir, num_frames, image_size) -> np.ndarray:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                allow_abbrev=False)
     p.add_argument("--samples", required=True, help="npz with arr_0 uint8 [N, T, H, W, 3]")
     ref = p.add_mutually_exclusive_group()
     ref.add_argument("--reference", help="npz with arr_0 uint8 [N, T, H, W, 3] real videos")

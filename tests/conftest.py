@@ -37,3 +37,7 @@ def script_env():
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a model for minutes (deselect with -m 'not slow')")

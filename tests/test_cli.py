@@ -72,16 +72,52 @@ def test_missing_resume_checkpoint_is_a_clear_error(tmp_path):
     assert proc.returncode != 0 and "nope.pt" in proc.stderr
 
 
+def export_digits(out_dir, *args):
+    return subprocess.run([sys.executable, str(REPO / "datasets" / "make_synthetic.py"), "--out_dir", str(out_dir),
+                           "--num_videos", "6", "--image_size", "16", "--seq_len", "6", *args],
+                          env=script_env(), capture_output=True, text=True, timeout=120)
+
+
 def test_train_on_the_exported_synthetic_folder(tmp_path):
-    export = subprocess.run([sys.executable, str(REPO / "datasets" / "make_synthetic.py"), "--out_dir",
-                             str(tmp_path / "digits"), "--num_videos", "6", "--image_size", "16", "--seq_len", "6"],
-                            env=script_env(), capture_output=True, text=True, timeout=120)
+    export = export_digits(tmp_path / "digits")
     assert export.returncode == 0, export.stderr
-    assert len(list((tmp_path / "digits").glob("*.npz"))) == 6 and len(list((tmp_path / "digits").glob("*.gif"))) == 6
+    assert len(list((tmp_path / "digits").glob("*.npz"))) == 6 and not list((tmp_path / "digits").glob("*.gif"))
     run = tmp_path / "run"
     proc = train(*MICRO_FLAGS, "--log_dir", str(run), "--data_dir", str(tmp_path / "digits"), "--max_steps", "2")
     assert proc.returncode == 0, proc.stderr
-    assert "data: 12 videos from" in proc.stdout and (run / "ckpt_0000002.pt").is_file()
+    assert "data: 6 videos from" in proc.stdout and (run / "ckpt_0000002.pt").is_file()
+    # the same videos exported again as GIFs into the same folder: each would count twice
+    assert export_digits(tmp_path / "digits", "--format", "gif").returncode == 0
+    proc = train(*MICRO_FLAGS, "--log_dir", str(tmp_path / "run2"), "--data_dir", str(tmp_path / "digits"))
+    assert proc.returncode != 0
+    assert "6 video(s) are stored under two or more extensions (digits_000000.gif and digits_000000.npz" in proc.stderr
+
+
+@pytest.mark.parametrize("script,args", [
+    ("scripts/video_train.py", ["--preset", "tiny", "--max_step", "3"]),
+    ("scripts/video_sample.py", ["--model_path", "x.pt", "--num_sample", "3"]),
+    ("scripts/evaluate.py", ["--model_path", "x.pt", "--samples_per", "3"]),
+    ("scripts/eval_bair.py", ["--model_path", "x.pt", "--data_d", "d"]),
+    ("scripts/video_fvd.py", ["--samples", "s.npz", "--ref", "r.npz"]),
+    ("scripts/benchmark.py", ["--smok"]),
+    ("scripts/benchmark_data.py", ["--format", "npz"]),
+    ("datasets/make_synthetic.py", ["--out_dir", "d", "--num_vid", "3"]),
+    ("datasets/prepare_bair.py", ["--out_dir", "d", "--tfrecord", "x"]),
+])
+def test_abbreviated_flags_are_refused(tmp_path, script, args):
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], env=script_env(), capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr, proc.stderr
+
+
+def test_print_config_shows_what_the_preset_sets(tmp_path):
+    proc = train("--preset", "tiny", "--lr", "1e-3", "--log_dir", str(tmp_path / "run"), "--print_config")
+    assert proc.returncode == 0, proc.stderr
+    assert "--lr 0.001  (flag)" in proc.stdout and "--image_size 32  (preset tiny)" in proc.stdout
+    assert "--mask_input True  (default)" in proc.stdout
+    assert not (tmp_path / "run").exists()
+    help_text = train("--help").stdout
+    assert "tiny: " in help_text and "bair64: 2e-05" in help_text  # each flag names the presets' values
 
 
 def test_bad_data_dir_is_a_named_error(tmp_path):
@@ -95,6 +131,7 @@ def test_bad_data_dir_is_a_named_error(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["scripts/video_sample.py", "scripts/eval_bair.py", "scripts/video_fvd.py",
+                                    "scripts/evaluate.py",
                                     "scripts/benchmark.py", "scripts/benchmark_data.py", "datasets/prepare_bair.py",
                                     "datasets/make_synthetic.py"])
 def test_every_entry_point_explains_itself(script):

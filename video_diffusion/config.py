@@ -40,6 +40,8 @@ class ModelConfig:
     use_scale_shift_norm: bool = _f(True, "timestep embedding as scale and shift of the norm (FiLM)")
     use_checkpoint: bool = _f(False, "gradient checkpointing: less memory, about 30% more compute")
     mask_input: bool = _f(True, "tell the network which frames are observed (False = RaMViD's unaware network)")
+    given_frame_input: bool = _f(False, "also give every frame the nearest given frame as input channels "
+                                        "(content to carry forward is at hand locally); needs --mask_input")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -190,6 +192,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     mult = channel_mult_of(m)
     if not mult or min(mult) < 1:
         raise ValueError(f"--channel_mult must be positive integers, got {m.channel_mult!r}")
+    if m.given_frame_input and not m.mask_input:
+        raise ValueError("--given_frame_input needs --mask_input true: the network must know which frames are given")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

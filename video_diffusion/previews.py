@@ -76,7 +76,7 @@ class Previews:
         seed = self.cfg.train.seed
         pred = self._sample(self.videos, mask, [seed_of(seed, 0x9E7, i) for i in range(n)], self.labels)
         labels = self.labels[:1] if self.labels is not None else None
-        gen = self._sample(torch.zeros_like(self.videos[:1]), torch.zeros_like(mask[:1]), [seed_of(seed, 0x9E7, -1)],
+        gen = self._sample(torch.zeros_like(self.videos[:1]), torch.zeros_like(mask[:1]), [seed_of(seed, 0x6E4, 0)],
                            labels)
         gt_u8, pred_u8, gen_u8 = to_uint8(self.videos), to_uint8(pred), to_uint8(gen)
         p, g = torch.from_numpy(pred_u8[:, c:]), torch.from_numpy(gt_u8[:, c:])

@@ -68,6 +68,28 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(n, c, p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3).reshape(n, c, t, h * p, w * p)
 
 
+def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor):
+    """
+    For every frame, the given frame nearest to it in time (the earlier one on a tie) and
+    how far away it is; zeros for a video with no given frame.
+
+    :param x: [N, C, T, H, W], the given frames holding their clean values.
+    :param obs_mask: [N, T], 1 on given frames.
+    :return: ([N, C, T, H, W] the nearest given frames, [N, T] signed offsets frame - source
+        divided by T).
+    """
+    t = x.shape[2]
+    frames = torch.arange(t, device=x.device, dtype=torch.float32)
+    distance = (frames[None, :, None] - frames[None, None, :]).abs()  # [1, T (to), T (from)]
+    # only given frames are candidates; the 1e-3 * index breaks ties towards the earlier frame
+    cost = distance + 1e-3 * frames[None, None, :] + (1 - obs_mask.float())[:, None, :] * 1e6
+    source = cost.argmin(dim=2)  # [N, T]
+    any_given = obs_mask.any(dim=1).to(x.dtype)
+    picked = torch.gather(x, 2, source[:, None, :, None, None].expand_as(x)) * any_given[:, None, None, None, None]
+    offset = (frames[None, :] - source.float()) / t * any_given[:, None]
+    return picked, offset.to(x.dtype)
+
+
 class TimestepBlock(nn.Module):
     """A module whose forward also takes the timestep embedding."""
 
@@ -215,6 +237,10 @@ class UNet3D(nn.Module):
     :param attention_type: "factorized" (space then time) or "full" (space-time, as RaMViD).
     :param mask_input: if True, the network gets ``obs_mask`` as an extra input channel.
     :param conv_type: "3d" (3x3x3 convolutions in the residual blocks) or "2+1d" (factorised).
+    :param given_frame_input: if True, every frame also gets the nearest given frame as
+        input channels, and its signed distance in time to it as one more, so the content
+        to carry forward (a digit's shape and colour, a robot's arm) is at hand locally
+        instead of frames away, with how far it has to travel; needs ``mask_input``.
     :param patch_size: p > 1 folds each p x p patch of a frame into channels before the
         first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
         the network runs at 1/p of the resolution, about p^2 times cheaper per video.
@@ -226,8 +252,11 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1):
+                 patch_size: int = 1, given_frame_input: bool = False):
         super().__init__()
+        if given_frame_input and not mask_input:
+            raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
+        self.given_frame_input = given_frame_input
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         self.patch_size = patch_size
@@ -256,7 +285,8 @@ class UNet3D(nn.Module):
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepSequential(
-            conv3d(in_channels * patch_size ** 2 + int(mask_input), ch))])
+            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input)) + int(mask_input)
+                   + int(given_frame_input), ch))])
         skip_channels = [ch]
         ds = patch_size
         for level, mult in enumerate(channel_mult):
@@ -302,13 +332,17 @@ class UNet3D(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.label_emb is not None:
             emb = emb + self.label_emb(y)
+        if self.mask_input and obs_mask is None:
+            raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
+        offset = None
+        if self.given_frame_input:
+            given, offset = nearest_given_frames(x, obs_mask)
+            x = torch.cat([x, given], dim=1)
         x = patchify(x, self.patch_size)
         if self.mask_input:
-            if obs_mask is None:
-                raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
             n, _, t, h, w = x.shape
-            mask = obs_mask.to(x.dtype)[:, None, :, None, None].expand(n, 1, t, h, w)
-            x = torch.cat([x, mask], dim=1)
+            per_frame = [obs_mask.to(x.dtype)] + ([offset] if offset is not None else [])
+            x = torch.cat([x] + [v[:, None, :, None, None].expand(n, 1, t, h, w) for v in per_frame], dim=1)
         if self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
             x = x.contiguous(memory_format=torch.channels_last_3d)  # match the weights' layout
         skips = []
