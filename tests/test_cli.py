@@ -40,7 +40,7 @@ def test_help_explains_every_flag():
     (["--preset", "tiny", "--precision", "fp8"], "--precision"),
     (["--preset", "tiny", "--learn_sigma", "maybe"], "--learn_sigma"),
     (["--preset", "tiny", "--ema_rate", "1.5"], "--ema_rate"),
-    (["--preset", "tiny", "--diffusion_steps", "10"], "--diffusion_steps"),
+    (["--preset", "tiny", "--noise_schedule", "linear", "--diffusion_steps", "10"], "--diffusion_steps"),
 ])
 def test_impossible_flag_values_exit_non_zero_naming_the_flag(tmp_path, args, flag):
     proc = train(*args, "--log_dir", str(tmp_path / "run"))
