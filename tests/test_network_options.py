@@ -1,0 +1,116 @@
+"""The network options of the CPU recipe: (2+1)D convolutions, patch folding, the nearest given
+frame as input, Min-SNR weighting, and channels_last weights whose gradients match their strides."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import micro_config
+from video_diffusion.build import create_diffusion, create_model
+from video_diffusion.nn import to_channels_last
+from video_diffusion.unet import Conv2Plus1d, nearest_given_frames, patchify, unpatchify
+from test_unet import make, run
+
+
+def test_patchify_round_trip_and_layout():
+    x = torch.randn(2, 3, 4, 8, 6)
+    p = patchify(x, 2)
+    assert p.shape == (2, 12, 4, 4, 3)
+    # channel c*4 + 2*i + j of patch (y, x) is pixel (2y + i, 2x + j) of channel c
+    assert torch.equal(p[1, 1 * 4 + 2 * 1 + 0, 3, 2, 1], x[1, 1, 3, 5, 2])
+    assert torch.equal(unpatchify(p, 2), x)
+
+
+@pytest.mark.parametrize("kw", [dict(patch_size=2), dict(conv_type="2+1d"), dict(patch_size=2, conv_type="2+1d",
+                                                                                attention_type="full")])
+def test_options_keep_the_output_shape(kw):
+    model = make(image_size=16, channel_mult=(1, 2), **kw)
+    assert run(model, 2, 3, 5, 16, 16).shape == (2, 3, 5, 16, 16)
+
+
+def test_patch_size_must_divide_the_frames():
+    with pytest.raises(ValueError, match="patch_size 2"):
+        make(image_size=12, channel_mult=(1, 2, 2), patch_size=2)
+
+
+def test_2plus1d_is_cheaper_and_its_residual_branches_train():
+    full = make(channel_mult=(1, 2))
+    factorised = make(channel_mult=(1, 2), conv_type="2+1d")
+    assert sum(p.numel() for p in factorised.parameters()) < 0.7 * sum(p.numel() for p in full.parameters())
+    # built fresh, a residual branch ends in a zeroed temporal half; the spatial half is not
+    # zeroed (zeroing both would leave neither a gradient), so a few steps make the branch live
+    torch.manual_seed(0)
+    model = create_model(micro_config(conv_type="2+1d"))
+    pair = next(m for m in model.modules() if isinstance(m, Conv2Plus1d) and not m[-1].weight.any())
+    assert pair[0].weight.abs().sum() > 0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, target = torch.randn(2, 3, 4, 16, 16), torch.randn(2, 3, 4, 16, 16)
+    for _ in range(3):
+        opt.zero_grad()
+        out = model(x, torch.tensor([10, 500]), obs_mask=torch.zeros(2, 4))
+        (out - target).square().mean().backward()
+        opt.step()
+    assert pair[-1].weight.abs().sum() > 0
+
+
+def test_nearest_given_frames_by_hand():
+    x = torch.arange(6.0).reshape(1, 1, 6, 1, 1).repeat(2, 1, 1, 1, 1)
+    mask = torch.tensor([[0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]])
+    given, offset = nearest_given_frames(x, mask)
+    assert given[0, 0, :, 0, 0].tolist() == [1, 1, 1, 4, 4, 4]  # frame 2 is 1 from frame 1, 2 from frame 4
+    assert (offset[0] * 6).round().tolist() == [-1, 0, 1, -1, 0, 1]
+    assert not given[1].any() and not offset[1].any()  # nothing given: zeros
+
+
+def first_layer_change_at_frame_7(given_frame_input):
+    """How much the first layer's output at frame 7 moves when the given frame 0 changes."""
+    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=given_frame_input)
+    seen = []
+    model.input_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.randn(1, 3, 8, 16, 16)
+    mask = torch.zeros(1, 8)
+    mask[0, 0] = 1
+    x2 = x.clone()
+    x2[:, :, 0] += 1.0
+    for v in (x, x2):
+        model(v, torch.tensor([999]), obs_mask=mask)
+    return (seen[1] - seen[0])[0, :, 7].abs().sum()
+
+
+def test_given_frame_input_brings_the_given_frame_to_every_frame_at_the_first_layer():
+    # a 3x3x3 convolution sees frames 6-8 only; with the option frame 7 sees frame 0 at once
+    assert first_layer_change_at_frame_7(False) == 0
+    assert first_layer_change_at_frame_7(True) > 0
+    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=True)
+    assert model.input_blocks[0][0].in_channels == 3 + 3 + 1 + 1  # frames, nearest given frames, mask, distance
+    with pytest.raises(ValueError, match="mask_input"):
+        make(given_frame_input=True, mask_input=False)
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v"])
+def test_min_snr_weights_by_hand(kind):
+    flags = {"x0": dict(predict_xstart=True), "v": dict(predict_v=True), "eps": {}}[kind]
+    d = create_diffusion(micro_config(noise_schedule="cosine", min_snr_gamma=5.0, **flags))
+    t = torch.tensor([0, 30, 60, 99])
+    abar = torch.tensor(d.alphas_cumprod, dtype=torch.float32)[t]
+    snr = abar / (1 - abar)
+    clipped = torch.minimum(snr, torch.tensor(5.0))
+    expected = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[kind]
+    assert torch.allclose(d.snr_loss_weight(t), expected)
+    # the weight enters the loss, not the logged mse
+    model = lambda x, t, obs_mask=None: torch.zeros_like(x)  # noqa: E731
+    x = torch.rand(4, 3, 4, 16, 16) * 2 - 1
+    terms = d.training_losses(model, x, t, obs_mask=torch.zeros(4, 4), noise=torch.randn_like(x))
+    assert torch.allclose(terms["loss"], terms["mse"] * expected, rtol=1e-5)
+
+
+def test_channels_last_weights_have_gradients_of_their_own_strides():
+    model = to_channels_last(create_model(micro_config(attention_type="factorized")))
+    assert model.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    out = model(torch.randn(2, 3, 4, 16, 16), torch.tensor([3, 40]), obs_mask=torch.zeros(2, 4))
+    out.square().mean().backward()
+    ones = [p for p in model.parameters() if p.ndim == 5 and tuple(p.shape[2:]) == (1, 1, 1)]
+    assert ones  # the attention projections
+    for p in model.parameters():
+        assert p.grad.stride() == p.stride(), (tuple(p.shape), p.stride(), p.grad.stride())
+    assert np.isfinite(out.detach().numpy()).all()
