@@ -220,3 +220,16 @@ def test_class_conditional_training_with_skipped_files_then_every_window(tmp_pat
     f = np.load(run_file(tmp_path / "s", "samples_6x4x16x16x3.npz"))
     first = np.load(test / "grasp_0.npz")["video"]
     assert np.array_equal(f["gt"][0], first[:4]) and np.array_equal(f["gt"][1], first[4:8])
+
+
+def test_a_model_trained_on_respaced_steps_samples_on_them_or_on_steps(tmp_path):
+    from conftest import micro_config
+    from video_diffusion.sample_util import SampleOptions, sampling_diffusion
+
+    cfg = micro_config(timestep_respacing="10")
+    assert sampling_diffusion(cfg, SampleOptions()).num_timesteps == 10
+    assert sampling_diffusion(cfg, SampleOptions(steps=5)).num_timesteps == 5
+    assert sampling_diffusion(micro_config(), SampleOptions()).num_timesteps == 50  # DDIM's default
+    assert sampling_diffusion(micro_config(), SampleOptions(sampler="ddpm")).num_timesteps == 100  # all steps
+    with pytest.raises(ValueError, match="--steps"):
+        sampling_diffusion(micro_config(), SampleOptions(steps=-3))

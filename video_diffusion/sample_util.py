@@ -213,10 +213,12 @@ def to_uint8(videos: torch.Tensor) -> np.ndarray:
 
 
 def sampling_diffusion(cfg: Config, opts: SampleOptions):
-    """The (respaced) diffusion process that ``opts.sampler`` with ``opts.steps`` steps walks."""
-    if cfg.diffusion.timestep_respacing:
-        raise ValueError(f"the configuration sets --timestep_respacing {cfg.diffusion.timestep_respacing!r}: "
-                         "at sampling time give --steps instead")
+    """
+    The (respaced) diffusion process that ``opts.sampler`` with ``opts.steps`` steps walks.
+    A model trained on a respaced process samples on the same steps unless --steps is given.
+    """
+    if cfg.diffusion.timestep_respacing and opts.steps == -1:
+        return create_diffusion(cfg)
     return create_diffusion(cfg, sampling_respacing(opts, cfg.diffusion.diffusion_steps))
 
 

@@ -18,6 +18,7 @@ metrics and I3D features are computed where the samples are, and only they trave
 rank 0, so 100 samples x 256 BAIR videos never have to fit on one process.
 """
 
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -77,8 +78,6 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
         samples_shard<r>of<W>.npz (arr_0, video_index, sample_index).
     :return: on rank 0 a dict with "metrics" (JSON-ready) and "grid" (a PIL image); None elsewhere.
     """
-    import time
-
     start = time.perf_counter()
     mine, num_videos = generate(cfg, model, opts, ctx, progress=progress)
     seconds = time.perf_counter() - start
