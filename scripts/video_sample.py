@@ -18,21 +18,16 @@ import sys
 import time
 
 from video_diffusion import dist_util
-from video_diffusion.config import add_config_flags, given_fields, str2bool
-from video_diffusion.sample_util import (add_sample_flags, describe_sampler, gather_samples, generate,
-                                        load_for_sampling, mp4_available, new_output_dir, sample_options_from,
-                                        sampling_diffusion, save_previews, save_samples)
+from video_diffusion.config import add_config_flags, given_fields
+from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, describe_sampler, gather_samples,
+                                        generate, load_for_sampling, mp4_available, new_output_dir,
+                                        sample_options_from, sampling_diffusion, save_previews, save_samples)
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--model_path", required=True, help="checkpoint written by video_train.py")
-    p.add_argument("--out_dir", default="samples",
-                   help="parent folder; each run writes into a new <out_dir>/<NNN>_<task>/ (default: samples)")
-    p.add_argument("--use_ema", type=str2bool, nargs="?", const=True, default=None,
-                   help="sample with EMA weights (default: yes when the checkpoint has them)")
-    p.add_argument("--ema_rate", default=None, help="which stored EMA rate (default: the largest)")
+    add_checkpoint_flags(p, out_dir="samples")
     p.add_argument("--save_gifs", type=int, default=0, help="write the first k videos as GIF and PNG strip")
     add_sample_flags(p)
     add_config_flags(p, groups=("model", "diffusion"), with_preset=False, exclude=("timestep_respacing",))

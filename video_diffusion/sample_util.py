@@ -80,6 +80,18 @@ def add_sample_flags(parser, exclude: Sequence[str] = (), **defaults) -> None:
         group.add_argument(f"--{f.name}", **kw)
 
 
+def add_checkpoint_flags(parser, out_dir: str) -> None:
+    """The flags every script that samples from a checkpoint shares: which weights, and where runs go."""
+    from .config import str2bool
+
+    parser.add_argument("--model_path", required=True, help="checkpoint written by video_train.py")
+    parser.add_argument("--out_dir", default=out_dir,
+                        help=f"parent folder; each run writes into a new <out_dir>/<NNN>_<task>/ (default: {out_dir})")
+    parser.add_argument("--use_ema", type=str2bool, nargs="?", const=True, default=None,
+                        help="use the EMA weights (default: yes when the checkpoint has them)")
+    parser.add_argument("--ema_rate", default=None, help="which stored EMA rate (default: the largest)")
+
+
 def sample_options_from(args, **fixed) -> SampleOptions:
     """SampleOptions from parsed flags; ``fixed`` sets fields that a script does not expose."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SampleOptions) if hasattr(args, f.name)}
