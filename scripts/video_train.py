@@ -7,6 +7,10 @@ Train a masked-conditional video diffusion model.
 
 Started on a run directory that holds checkpoints, training resumes from the newest one
 with the configuration stored in it (flags given now override it).
+
+SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop every rank after the same step with a checkpoint;
+the exit status is then 75, so a job script can requeue on it. Other failures exit 1
+(2 for bad flags or data found at start-up) with a one-line message.
 """
 
 import argparse
@@ -15,7 +19,8 @@ import sys
 from video_diffusion import dist_util
 from video_diffusion.config import add_config_flags, describe_config, given_fields
 from video_diffusion.logger import RunLogger
-from video_diffusion.train_util import TrainingDiverged, build_train_loop, resolve_train_config
+from video_diffusion.preemption import EXIT_PREEMPTED, Preempted
+from video_diffusion.train_util import DataFailure, TrainingDiverged, build_train_loop, resolve_train_config
 
 
 def main(argv=None):
@@ -24,31 +29,49 @@ def main(argv=None):
     add_config_flags(parser)
     parser.add_argument("--print_config", action="store_true",
                         help="print the resolved configuration (defaults, preset, checkpoint, flags) and exit")
+    parser.add_argument("--dist_timeout", type=int, default=30, metavar="MINUTES",
+                        help="how long ranks wait for each other (set-up and every collective) before failing")
     args = parser.parse_args(argv)
     try:
         cfg, resume = resolve_train_config(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     if args.print_config:
-        print(describe_config(cfg, given_fields(args), str(resume[0]) if resume else None))
+        print(describe_config(cfg, given_fields(args), str(resume.path) if resume else None))
         return
 
-    ctx = dist_util.setup_dist()
-    logger = RunLogger(cfg.train.log_dir, enabled=ctx.is_main)
+    if args.dist_timeout < 1:
+        parser.error(f"--dist_timeout must be at least 1 minute, got {args.dist_timeout}")
+    try:
+        ctx = dist_util.setup_dist(timeout_minutes=args.dist_timeout)
+        logger = RunLogger(cfg.train.log_dir, enabled=ctx.is_main, resume_step=resume.step if resume else 0)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    status = 0
     try:
         loop = build_train_loop(cfg, ctx, logger, resume)
         loop.run()
         logger.info(f"done: step {loop.step}, checkpoints in {cfg.train.log_dir}")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as e:
+        status = 2
+    except Preempted as e:
         logger.info(str(e))
+        print(str(e), file=sys.stderr)
+        status = EXIT_PREEMPTED
+    except (TrainingDiverged, DataFailure, OSError) as e:
+        logger.info(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        status = 1
+    except KeyboardInterrupt:
+        print("interrupted twice: stopped without a checkpoint", file=sys.stderr)
+        status = 130
     finally:
         logger.close()
         dist_util.cleanup(ctx)
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

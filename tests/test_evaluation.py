@@ -187,8 +187,26 @@ def test_every_weights_format_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_i3d(tmp_path / "i3d.ckpt")(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(load_i3d(tmp_path / "rgb_imagenet.pt")(x), expected, atol=1e-5, rtol=1e-5)
-        scripted = load_i3d(tmp_path / "i3d_torchscript.pt")(x)
+        scripted = load_i3d(tmp_path / "i3d_torchscript.pt", trust_torchscript=True)(x)
     assert scripted.shape == (1, 300) and torch.allclose(scripted[:, :3], x.mean(dim=(2, 3, 4)))
+    # TorchScript is a program: without the explicit flag it is refused, not run
+    with pytest.raises(ValueError, match="TorchScript, which executes code.*--i3d_torchscript"):
+        load_i3d(tmp_path / "i3d_torchscript.pt")
+
+
+@pytest.mark.parametrize("content", [
+    b"\x80\x04K\x01.",                                       # a pickle of the number 1
+    pickle.dumps({"params": [1, 2], "batch_stats": {}}),         # right keys, wrong types
+    pickle.dumps({"params": {}, "batch_stats": {}})[:-5],        # truncated
+    b"PK\x03\x04 not really a zip",                            # a zip header on garbage
+    b"",                                                         # empty
+])
+def test_a_malformed_i3d_weights_file_is_a_one_line_error(tmp_path, content):
+    path = tmp_path / "weights.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="--i3d_weights") as e:
+        load_i3d(path)
+    assert "\n" not in str(e.value)
 
 
 def test_the_weights_unpickler_admits_only_numpy_arrays(tmp_path):

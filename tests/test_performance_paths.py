@@ -27,7 +27,7 @@ def two_steps(tmp_path, **overrides):
     losses = []
     for _ in range(2):
         loop.run_step(next(loop.data))
-        losses.append(loop._log_stats[0].item())
+        losses.append(loop.window.sums[0].item())
     return losses, flat_params(loop.model), loop
 
 

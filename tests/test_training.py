@@ -43,15 +43,15 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     first.run()
     cfg = micro_config(tmp_path / "b", max_steps=6, **common)
     resume = find_resume(cfg)
-    assert resume is not None and resume[1]["step"] == 3
+    assert resume is not None and resume.step == 3
     second = loop_for(cfg, resume)
     assert second.step == 3
     second.run()
 
     assert second.step == straight.step == 6
     assert torch.equal(flat_params(second.model), flat_params(straight.model))
-    for rate in straight.ema:
-        assert torch.equal(flat_params(second.ema[rate]), flat_params(straight.ema[rate]))
+    for rate in straight.ema.rates:
+        assert torch.equal(flat_params(second.ema.shadow[rate]), flat_params(straight.ema.shadow[rate]))
     a, b = straight.opt.state_dict()["state"], second.opt.state_dict()["state"]
     assert all(torch.equal(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"]) for k in a)
     # and training moved the weights at all
@@ -142,7 +142,7 @@ def test_ema_follows_its_rate(tmp_path):
     before = flat_params(loop.model).clone()
     loop.run_step(next(loop.data))
     after = flat_params(loop.model)
-    torch.testing.assert_close(flat_params(loop.ema[0.9]), 0.9 * before + 0.1 * after)
+    torch.testing.assert_close(flat_params(loop.ema.shadow[0.9]), 0.9 * before + 0.1 * after)
 
 
 def test_nan_step_is_skipped_and_logged(tmp_path):
@@ -152,11 +152,11 @@ def test_nan_step_is_skipped_and_logged(tmp_path):
     loop = loop_for(cfg, data=lambda start: iter(batches))
     assert loop.fused_adamw  # the skip happens on the device
     assert bool(loop.run_step(next(loop.data))) is True
-    params, ema = flat_params(loop.model).clone(), flat_params(loop.ema[0.9]).clone()
+    params, ema = flat_params(loop.model).clone(), flat_params(loop.ema.shadow[0.9]).clone()
     adam_steps = [s["step"].item() for s in loop.opt.state.values()]
     assert bool(loop.run_step(next(loop.data))) is False
     assert torch.equal(flat_params(loop.model), params)  # the bad step changed nothing:
-    assert torch.equal(flat_params(loop.ema[0.9]), ema)  # not the weights, not the EMA,
+    assert torch.equal(flat_params(loop.ema.shadow[0.9]), ema)  # not the weights, not the EMA,
     assert [s["step"].item() for s in loop.opt.state.values()] == adam_steps  # not Adam's moments
     assert loop.check_health() == 1
     assert bool(loop.run_step(next(loop.data))) is True

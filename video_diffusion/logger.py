@@ -3,6 +3,10 @@ A run's logger: a readable ``log.txt``, ``progress.csv`` and TensorBoard events.
 
 One object per run, passed explicitly (no singleton). Only the main rank writes; on the
 other ranks every method is a no-op, so callers never need ``if rank == 0`` around logging.
+
+A run resumed at step S drops the progress rows and TensorBoard points after S (they
+will be computed again), so no step appears twice; the dropped rows are kept in
+``abandoned/`` beside any set-aside checkpoints.
 """
 
 import csv
@@ -13,6 +17,27 @@ from typing import Dict
 
 PROGRESS_FIELDS = ("step", "samples", "loss", "mse", "vb", "loss_q0", "loss_q1", "loss_q2", "loss_q3",
                    "grad_norm", "lr", "steps_per_s", "videos_per_s", "skipped_steps", "preview_psnr", "preview_ssim")
+
+
+def _drop_rows_after(csv_path: Path, step: int) -> int:
+    """Remove the rows of progress.csv beyond ``step`` (copied to abandoned/); returns how many."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    later = [bool(r.get("step")) and int(float(r["step"])) > step for r in rows]
+    keep = [r for r, x in zip(rows, later) if not x]
+    dropped = [r for r, x in zip(rows, later) if x]
+    if not dropped:
+        return 0
+    aside = csv_path.parent / "abandoned" / f"progress_after_{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    for path, part in ((aside, dropped), (csv_path, keep)):
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
+            w.writeheader()
+            w.writerows(part)
+        tmp.replace(path)
+    return len(dropped)
 
 
 def _upgrade_header(csv_path: Path) -> None:
@@ -36,7 +61,15 @@ def _upgrade_header(csv_path: Path) -> None:
 
 
 class RunLogger:
-    def __init__(self, run_dir, enabled: bool = True, echo: bool = True):
+    """
+    :param run_dir: where log.txt, progress.csv and tb/ live.
+    :param enabled: False on every rank but the main one.
+    :param echo: also print log lines.
+    :param resume_step: the step a resumed run starts from: progress rows and TensorBoard
+        points after it are dropped. None = keep everything (a fresh run in a new directory).
+    """
+
+    def __init__(self, run_dir, enabled: bool = True, echo: bool = True, resume_step: int = None):
         self.enabled = enabled
         self.echo = echo
         self.run_dir = Path(run_dir)
@@ -49,15 +82,20 @@ class RunLogger:
         new = not csv_path.exists() or csv_path.stat().st_size == 0
         if not new:
             _upgrade_header(csv_path)
+        dropped = _drop_rows_after(csv_path, resume_step) if resume_step is not None and not new else 0
         self._csv_file = open(csv_path, "a", newline="", buffering=1)
         self._csv = csv.DictWriter(self._csv_file, fieldnames=PROGRESS_FIELDS)
         if new:
             self._csv.writeheader()
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         except ImportError:  # tensorboard is optional
             self._tb = None
+        if dropped:
+            self.info(f"dropped {dropped} progress.csv row(s) after step {resume_step} (they are recomputed); "
+                      "kept in abandoned/")
 
     @property
     def has_tensorboard(self) -> bool:

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .data.sampler import seed_of
+
 
 def parse_mask_range(spec: Optional[str], seq_len: int) -> Tuple[int, int]:
     """
@@ -98,3 +100,27 @@ def frames_mask(batch_size: int, seq_len: int, frames: Sequence[int]) -> torch.T
 def unconditional_mask(batch_size: int, seq_len: int) -> torch.Tensor:
     """No frame observed (unconditional generation)."""
     return torch.zeros(batch_size, seq_len)
+
+
+def training_randomness(seed: int, step: int, first_index: int, video_shape: Sequence[int], seq_len: int,
+                        max_num_mask_frames: int, uncondition_rate: float, mask_range: Tuple[int, int],
+                        schedule_sampler, device):
+    """
+    The random choices of a training step for videos ``first_index, first_index + 1, ...`` of
+    the global batch: each video's mask, timestep (with its importance weight) and noise come
+    from a generator seeded by (seed, step, global index) only. So a step trains the same way
+    on any number of ranks, and a resumed run repeats an uninterrupted one exactly.
+
+    :param video_shape: [n, C, T, H, W] of this rank's videos.
+    :param schedule_sampler: the timestep sampler (its ``sample`` takes one generator per video).
+    :return: (masks [n, T], t [n], weights [n], noise [n, C, T, H, W]), on ``device``.
+    """
+    n = video_shape[0]
+    seeds = [seed_of(seed, step, first_index + j) for j in range(n)]
+    cpu_gens = [torch.Generator().manual_seed(s) for s in seeds]
+    masks = torch.stack([sample_train_mask(seq_len, max_num_mask_frames, uncondition_rate, mask_range, g)
+                         for g in cpu_gens]).to(device)
+    t, weights = schedule_sampler.sample(cpu_gens, device)
+    dev_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    noise = torch.stack([torch.randn(tuple(video_shape[1:]), generator=g, device=device) for g in dev_gens])
+    return masks, t, weights, noise

@@ -6,6 +6,11 @@ Reproducibility: the randomness of video j of the global batch at step s (its fr
 mask, timestep and noise) comes from a generator seeded by (seed, s, j). The same
 global batch therefore trains the same way on 1 rank or 8, and a resumed run repeats
 exactly what an uninterrupted run would have done.
+
+The loop is wiring. Its parts own their state (``state_dict``/``load_state_dict``):
+the network and optimizer, the ``EMA``, the timestep sampler, the statistics
+(``train_stats``), the per-video randomness (``masking.training_randomness``), the
+checkpoint files and their lineage (``checkpoint``), and stop signals (``preemption``).
 """
 
 import contextlib
@@ -13,31 +18,33 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import dist_util
-from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .build import create_diffusion, create_model
+from .checkpoint import (ResumePoint, abandoned_checkpoints, find_resume_point, remove_stale_temporaries,
+                         save_checkpoint, set_aside)
 from .config import Config, apply_overrides, config_from_args, parse_float_list, validate
 from .data import create_dataset, resolve_num_workers, seed_of, train_loader
 from .dist_util import DistContext
+from .ema import EMA
 from .gaussian_diffusion import GaussianDiffusion
 from .logger import RunLogger
-from .masking import parse_mask_range, sample_train_mask
+from .masking import parse_mask_range, training_randomness
 from .nn import to_channels_last
+from .preemption import Preempted, StopRequests
 from .previews import Previews
 from .timestep_sampler import LossSecondMomentResampler, create_timestep_sampler
+from .train_stats import StepStats, WindowStats
 
 MAX_BAD_STEPS = 10
 
-# Layout of the per-step statistics vector that is summed over ranks in one all-reduce.
-_LOSS, _MSE, _VB, _COUNT = 0, 1, 2, 3
-_Q_LOSS, _Q_COUNT = slice(4, 8), slice(8, 12)
-_NUM_STATS = 12
+# Fields that name where a run is, not what it trains: never reported as changed on resume.
+_LOCATION_FIELDS = ("log_dir", "resume_checkpoint")
 
 
 def _cpu_fused_adamw() -> bool:
@@ -47,6 +54,10 @@ def _cpu_fused_adamw() -> bool:
 
 class TrainingDiverged(RuntimeError):
     """Raised after MAX_BAD_STEPS consecutive steps with a non-finite loss or gradient."""
+
+
+class DataFailure(RuntimeError):
+    """The training data could not be read mid-run (a worker died, a file became unreadable)."""
 
 
 def lr_at(step: int, lr: float, warmup_steps: int, anneal_steps: int) -> float:
@@ -64,6 +75,13 @@ def model_signature(cfg: Config) -> Dict:
                                               if k not in ("timestep_respacing", "schedule_sampler", "min_snr_gamma")}}
 
 
+def config_changes(old: Config, new: Config) -> List[str]:
+    """'--flag: old -> new' for every field that differs (where the run lives excepted)."""
+    a, b = old.to_dict(), new.to_dict()
+    return [f"--{k}: {a[g][k]!r} -> {b[g][k]!r}" for g in b if isinstance(b[g], dict)
+            for k in b[g] if k not in _LOCATION_FIELDS and a.get(g, {}).get(k) != b[g][k]]
+
+
 def _rng_state(device: torch.device) -> Dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if device.type == "cuda":
@@ -79,18 +97,17 @@ def _set_rng_state(state: Dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def find_resume(cfg: Config):
-    """
-    The checkpoint a run resumes from: ``--resume_checkpoint`` if given, else the newest
-    complete checkpoint in ``--log_dir``, else None.
+def _seed_process_rng(seed: int, rank: int) -> None:
+    """Process RNG (dropout): a different stream per rank, derived from the seed."""
+    rank_seed = seed_of(seed, rank, 0x5EED)
+    torch.manual_seed(rank_seed)
+    np.random.seed(rank_seed % 2 ** 32)
+    random.seed(rank_seed)
 
-    :return: (path, state) or None.
-    """
-    t = cfg.train
-    path = Path(t.resume_checkpoint) if t.resume_checkpoint else find_latest(t.log_dir)
-    if path is None:
-        return None
-    return path, load_checkpoint(path)
+
+def find_resume(cfg: Config) -> Optional[ResumePoint]:
+    """The checkpoint a run resumes from (see ``checkpoint.find_resume_point``); None = a fresh run."""
+    return find_resume_point(cfg.train.log_dir, cfg.train.resume_checkpoint)
 
 
 class TrainLoop:
@@ -101,26 +118,22 @@ class TrainLoop:
     :param diffusion: the diffusion process; the network is passed to it at every call.
     :param data: a function ``start_step -> iterator`` of this rank's batches (dicts with ``video``).
     :param logger: the run logger (a no-op on non-main ranks).
-    :param resume: (path, checkpoint state) to resume from, as returned by ``find_resume``; None = fresh.
+    :param resume: the ``ResumePoint`` from ``find_resume``; None = fresh.
+    :param data_fingerprint: what identifies the training data (stored; compared on resume).
     """
 
     def __init__(self, cfg: Config, ctx: DistContext, model: torch.nn.Module, diffusion: GaussianDiffusion,
-                 data, logger: RunLogger, resume=None):
+                 data, logger: RunLogger, resume: Optional[ResumePoint] = None, data_fingerprint: Dict = None):
         self.cfg, self.ctx, self.diffusion, self.logger = cfg, ctx, diffusion, logger
         t = cfg.train
         self.run_dir = Path(t.log_dir)
         self.batch_size = t.batch_size
         self.microbatch = t.microbatch if t.microbatch > 0 else t.batch_size
         self.global_batch = t.batch_size * ctx.world_size
-        self.ema_rates = parse_float_list(t.ema_rate, "--ema_rate")
         self.mask_range = parse_mask_range(cfg.mask.mask_range, cfg.model.seq_len)
         self.autocast = dict(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
-
-        # Process RNG (dropout): a different stream per rank, derived from the seed.
-        rank_seed = seed_of(t.seed, ctx.rank, 0x5EED)
-        torch.manual_seed(rank_seed)
-        np.random.seed(rank_seed % 2 ** 32)
-        random.seed(rank_seed)
+        self.data_fingerprint = data_fingerprint or {}
+        _seed_process_rng(t.seed, ctx.rank)
 
         self.model = model.to(ctx.device)
         if t.channels_last:
@@ -136,44 +149,72 @@ class TrainLoop:
         self.fused_adamw = ctx.device.type == "cuda" or _cpu_fused_adamw()
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay, fused=self.fused_adamw)
         self.opt.grad_scale = None
-        self._streak = torch.zeros((), dtype=torch.long, device=ctx.device)
-        self._max_streak = torch.zeros((), dtype=torch.long, device=ctx.device)
-        self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
+        self.ema = EMA(self.model, parse_float_list(t.ema_rate, "--ema_rate"))
         self.schedule_sampler = create_timestep_sampler(cfg.diffusion.schedule_sampler, diffusion.num_timesteps)
+        self.window = WindowStats(ctx.device)
+        self.stop = StopRequests()
+        # the all-reduced stop votes of the last step and of the one before (read one step late: no stall)
+        self._stop_vote = self._lagged_stop_vote = None
         # previews are sampled by the main rank only; every rank meets it at a barrier after
         self.previews = Previews(cfg, ctx.device) if t.sample_interval and ctx.is_main else None
         self._previewed_step = -1
         self.step = 0
+        self.lineage = {"forked_from": "", "forked_at": 0}
+        self._prepare_run_dir(resume)
         if resume is not None:
-            self._resume(*resume)
+            self._resume(resume)
         self._reset_log_window()
         self.data: Iterator = data(self.step)
 
     # ------------------------------------------------------------------ state
+    @property
+    def ema_rates(self) -> List[float]:
+        return self.ema.rates
+
     def ema_weights(self, rate: float, device="cpu") -> Dict[str, torch.Tensor]:
         """A state dict of the network with the EMA weights of ``rate``."""
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        sd = {k: v.detach().to(device) for k, v in self.model.state_dict().items()}
-        sd.update({n: p.detach().to(device) for n, p in zip(names, self.ema[rate])})
-        return sd
-
-    def _ema_state_dicts(self) -> Dict[str, Dict[str, torch.Tensor]]:
-        return {str(rate): self.ema_weights(rate) for rate in self.ema}
+        return self.ema.weights(rate, device)
 
     def state(self, rng_states: List[Dict]) -> Dict:
-        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "ema": self._ema_state_dicts(),
+        """The complete training state, gathered from the parts that own it."""
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.opt.state_dict(), "schedule_sampler": self.schedule_sampler.state_dict(),
-                "rng": rng_states, "world_size": self.ctx.world_size}
+                "rng": rng_states, "world_size": self.ctx.world_size, "data": self.data_fingerprint,
+                "lineage": self.lineage}
 
     def save(self) -> None:
-        """Write a checkpoint. Every rank calls this (the RNG states are gathered); rank 0 writes."""
+        """Write a checkpoint. Every rank calls this (the RNG states are gathered); rank 0 writes, and
+        every rank learns whether it worked (a failed write stops all of them with the same error)."""
         rng_states = dist_util.all_gather_object(self.ctx, _rng_state(self.ctx.device))
+        error = ""
         if self.ctx.is_main:
-            path = save_checkpoint(self.run_dir, self.step, self.state(rng_states), keep=self.cfg.train.keep_checkpoints)
-            self.logger.info(f"saved {path}")
+            try:
+                path = save_checkpoint(self.run_dir, self.step, self.state(rng_states),
+                                       keep=self.cfg.train.keep_checkpoints)
+                self.logger.info(f"saved {path}")
+            except OSError as e:
+                error = str(e)
+        error = dist_util.all_gather_object(self.ctx, error)[0]
+        if error:
+            raise OSError(error)
+
+    def _prepare_run_dir(self, resume: Optional[ResumePoint]) -> None:
+        """Main rank: clear stale temporary files and set aside checkpoints not on the resumed branch."""
+        if self.ctx.is_main:
+            for p in remove_stale_temporaries(self.run_dir):
+                self.logger.info(f"removed {p.name}, left by a save that never finished")
+            if resume is not None:
+                for path, reason in resume.unreadable:
+                    self.logger.info(f"warning: {reason}; resuming from the newest complete checkpoint instead")
+            moved = abandoned_checkpoints(self.run_dir, resume)
+            dest = set_aside(self.run_dir, moved, resume.step if resume else 0)
+            if dest is not None:
+                self.logger.info(f"moved {len(moved)} checkpoint(s) not on the resumed branch "
+                                 f"({', '.join(p.name for p in moved)}) to {dest}")
         dist_util.barrier(self.ctx)
 
-    def _resume(self, path, state) -> None:
+    def _resume(self, resume: ResumePoint) -> None:
+        path, state = resume.path, resume.state
         stored = Config.from_dict(state["config"])
         if model_signature(stored) != model_signature(self.cfg):
             mine, theirs = model_signature(self.cfg), model_signature(stored)
@@ -181,42 +222,36 @@ class TrainLoop:
                      for g in mine for k in mine[g] if mine[g][k] != theirs[g][k]]
             raise ValueError(f"cannot resume from {path}: model settings differ ({'; '.join(diffs)}). "
                              "Use a new --log_dir or the checkpoint's settings.")
+        changes = config_changes(stored, self.cfg)
+        if changes:
+            self.logger.info(f"resuming with {len(changes)} changed setting(s): {'; '.join(changes)}")
+        stored_data = state.get("data") or {}
+        if stored_data and self.data_fingerprint and stored_data != self.data_fingerprint:
+            diffs = [f"{k}: {stored_data.get(k)!r} -> {self.data_fingerprint.get(k)!r}"
+                     for k in sorted(set(stored_data) | set(self.data_fingerprint))
+                     if stored_data.get(k) != self.data_fingerprint.get(k)]
+            self.logger.info(f"warning: the training data differs from the checkpoint's ({'; '.join(diffs)})")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         for group in self.opt.param_groups:  # the stored groups carry the writer's implementation flags
             group["fused"], group["foreach"] = self.fused_adamw, None if self.fused_adamw else group.get("foreach")
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        for rate in self.ema_rates:
-            if str(rate) in state["ema"]:
-                sd = state["ema"][str(rate)]
-                self.ema[rate] = [sd[n].to(self.ctx.device).clone() for n in names]
-            else:
-                self.logger.info(f"EMA rate {rate} is new in this run: it starts from the current weights")
-                self.ema[rate] = [p.detach().clone() for p in self.params]
+        for rate in self.ema.load_state_dict(state["ema"]):
+            self.logger.info(f"EMA rate {rate} is new in this run: it starts from the current weights")
         self.schedule_sampler.load_state_dict(state["schedule_sampler"])
-        self.step = state["step"]
+        self.step = resume.step
+        explicit = self.cfg.train.resume_checkpoint
+        rollback = explicit and not resume.continued_branch
+        self.lineage = ({"forked_from": str(Path(explicit).resolve()), "forked_at": self.step} if rollback
+                        else resume.lineage())
         if state["world_size"] == self.ctx.world_size:
             _set_rng_state(state["rng"][self.ctx.rank], self.ctx.device)
         else:
             self.logger.info(f"world size changed ({state['world_size']} -> {self.ctx.world_size}): process RNG "
                              "(dropout) re-seeded; masks, timesteps and noise depend only on (seed, step, index)")
-        self.logger.info(f"resumed from {path} at step {self.step}")
+        how = " (continuing the branch forked from --resume_checkpoint)" if resume.continued_branch else ""
+        self.logger.info(f"resumed from {path} at step {self.step}{how}")
 
     # ------------------------------------------------------------------ one step
-    def _per_video_randomness(self, x: torch.Tensor):
-        """Masks, timesteps, weights and noise of this rank's videos, from (seed, step, global index)."""
-        n = x.shape[0]
-        first = self.ctx.rank * self.batch_size
-        seeds = [seed_of(self.cfg.train.seed, self.step, first + j) for j in range(n)]
-        cpu_gens = [torch.Generator().manual_seed(s) for s in seeds]
-        m = self.cfg.mask
-        masks = torch.stack([sample_train_mask(self.cfg.model.seq_len, m.max_num_mask_frames, m.uncondition_rate,
-                                               self.mask_range, g) for g in cpu_gens]).to(x.device)
-        t, weights = self.schedule_sampler.sample(cpu_gens, x.device)
-        dev_gens = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
-        noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in dev_gens])
-        return masks, t, weights, noise
-
     def run_step(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         """
         One optimizer step on this rank's batch (any size; microbatches weighted by their size).
@@ -227,56 +262,69 @@ class TrainLoop:
         x = batch["video"].to(self.ctx.device, non_blocking=True)
         if x.ndim != 5 or x.shape[2] != self.cfg.model.seq_len:
             raise ValueError(f"expected a video batch [N, C, {self.cfg.model.seq_len}, H, W], got {tuple(x.shape)}")
+        m = self.cfg.mask
+        masks, t, weights, noise = training_randomness(
+            self.cfg.train.seed, self.step, self.ctx.rank * self.batch_size, x.shape, self.cfg.model.seq_len,
+            m.max_num_mask_frames, m.uncondition_rate, self.mask_range, self.schedule_sampler, x.device)
+        stats = StepStats(x.device)
+        losses = self._backward(x, batch, masks, t, weights, noise, stats)
+        self._update_timestep_sampler(t, losses)
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        stats.vote_stop(self.stop.requested)
+        dist_util.all_reduce_sum(self.ctx, stats.vector)
+        # Gradients are identical on all ranks after DDP's all-reduce and the stats are summed,
+        # so every rank reaches the same verdict; it stays on the device (no host sync).
+        applied = torch.isfinite(grad_norm) & stats.finite()
+        self._optimizer_step(applied)
+        self.ema.update(applied)
+        self.window.record(stats, grad_norm, applied)
+        self._lagged_stop_vote, self._stop_vote = self._stop_vote, stats["stop"]
+        self.step += 1
+        return applied
+
+    def _backward(self, x, batch, masks, t, weights, noise, stats: StepStats) -> torch.Tensor:
+        """Gradients of the batch-mean loss, in microbatches; returns the per-video losses."""
         n = x.shape[0]
-        masks, t, weights, noise = self._per_video_randomness(x)
-        model = self.forward_model
-        stats = torch.zeros(_NUM_STATS, device=x.device)
-        all_losses = []
         self.opt.zero_grad(set_to_none=True)
+        per_video = []
         for i in range(0, n, self.microbatch):
             j = min(i + self.microbatch, n)
             last = j == n
             sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
             with sync:
                 with torch.autocast(**self.autocast):
-                    losses = self.diffusion.training_losses(model, x[i:j], t[i:j], obs_mask=masks[i:j],
+                    losses = self.diffusion.training_losses(self.forward_model, x[i:j], t[i:j], obs_mask=masks[i:j],
                                                             noise=noise[i:j], model_kwargs=self._kwargs(batch, i, j))
                 # Sum over the microbatch / full batch: any split, even or not, gives the batch mean.
-                loss = (losses["loss"] * weights[i:j]).sum() / n
-                loss.backward()
-            with torch.no_grad():
-                self._accumulate(stats, losses, t[i:j])
-            all_losses.append(losses["loss"].detach())
+                ((losses["loss"] * weights[i:j]).sum() / n).backward()
+            stats.add_losses(losses, t[i:j], self.diffusion.num_timesteps)
+            per_video.append(losses["loss"].detach())
+        return torch.cat(per_video)
+
+    def _update_timestep_sampler(self, t, losses) -> None:
         if isinstance(self.schedule_sampler, LossSecondMomentResampler):
             # every rank records the whole global batch, in global order, so histories agree
             self.schedule_sampler.update(dist_util.all_gather_cat(self.ctx, t),
-                                         dist_util.all_gather_cat(self.ctx, torch.cat(all_losses)))
-        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        stats = dist_util.all_reduce_sum(self.ctx, stats)
-        # Gradients are identical on all ranks after DDP's all-reduce and the stats are summed,
-        # so every rank reaches the same verdict; it stays on the device (no host sync).
-        finite = torch.isfinite(grad_norm) & torch.isfinite(stats[:_COUNT]).all()
+                                         dist_util.all_gather_cat(self.ctx, losses))
+
+    def _optimizer_step(self, applied: torch.Tensor) -> None:
         lr = lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps, self.cfg.train.lr_anneal_steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
         if self.fused_adamw:
             # fused AdamW skips the whole update (moments, step count, weights) where found_inf is set
-            self.opt.found_inf = (~finite).float()
+            self.opt.found_inf = (~applied).float()
             self.opt.step()
-        elif finite.item():  # unfused AdamW cannot skip on the device: one host sync per step
+        elif applied.item():  # unfused AdamW cannot skip on the device: one host sync per step
             self.opt.step()
-        with torch.no_grad():
-            for rate, params in self.ema.items():  # a skipped step leaves the EMA as it is
-                torch._foreach_lerp_(params, self.params, finite.float() * (1.0 - rate))
-            bad = (~finite).long()
-            self._streak = (self._streak + 1) * bad
-            self._max_streak = torch.maximum(self._max_streak, self._streak)
-            self._log_bad += bad
-            self._log_stats += torch.where(finite, stats, torch.zeros_like(stats))
-            self._log_grad_norm += torch.where(finite, grad_norm.detach(), torch.zeros_like(grad_norm))
-        self.step += 1
-        return finite
+
+    def stop_agreed(self) -> bool:
+        """Whether any rank had been asked to stop by the step before the last one. All ranks read
+        the same all-reduced vote after the same step, so they stop together; reading the vote one
+        step late never waits for the step just queued on the device."""
+        vote = self._lagged_stop_vote
+        return vote is not None and bool(vote.item() > 0)
 
     def check_health(self) -> int:
         """
@@ -286,7 +334,7 @@ class TrainLoop:
 
         :return: the current number of non-finite steps in a row.
         """
-        streak, max_streak = (int(v) for v in torch.stack([self._streak, self._max_streak]).tolist())
+        streak, max_streak = self.window.streaks()
         if max_streak >= MAX_BAD_STEPS:
             raise TrainingDiverged(f"{max_streak} non-finite steps in a row (by step {self.step}); stopping. "
                                    f"The last good checkpoint in {self.run_dir} is intact.")
@@ -300,21 +348,9 @@ class TrainLoop:
             return {"y": batch["y"][i:j].to(self.ctx.device)}
         return {}
 
-    def _accumulate(self, stats, losses, t):
-        stats[_LOSS] += losses["loss"].float().sum()
-        stats[_MSE] += losses["mse"].float().sum()
-        if "vb" in losses:
-            stats[_VB] += losses["vb"].float().sum()
-        stats[_COUNT] += len(t)
-        quartile = (4 * t // self.diffusion.num_timesteps).clamp(max=3)
-        stats[_Q_LOSS] += torch.zeros(4, device=t.device).index_add_(0, quartile, losses["loss"].float())
-        stats[_Q_COUNT] += torch.bincount(quartile, minlength=4).float()
-
     # ------------------------------------------------------------------ the loop
     def _reset_log_window(self):
-        self._log_stats = torch.zeros(_NUM_STATS, device=self.ctx.device)
-        self._log_grad_norm = torch.zeros((), device=self.ctx.device)
-        self._log_bad = torch.zeros((), dtype=torch.long, device=self.ctx.device)
+        self.window.reset()
         self._log_time = time.perf_counter()
         self._log_step = self.step
 
@@ -343,32 +379,38 @@ class TrainLoop:
     def log_window(self, extra: Dict = None) -> Dict:
         """Write the statistics of the steps since the last call (log.txt, progress.csv, TensorBoard);
         ``extra`` adds fields to the row (e.g. a preview's scores)."""
-        values = torch.cat([self._log_stats, self._log_grad_norm[None], self._log_bad[None].float()]).tolist()
-        s, grad_sum, skipped = values[:_NUM_STATS], values[_NUM_STATS], int(values[_NUM_STATS + 1])
         steps = self.step - self._log_step
-        good = max(steps - skipped, 1)
         elapsed = max(time.perf_counter() - self._log_time, 1e-9)
-        count = max(s[_COUNT], 1.0)
         lr = self.opt.param_groups[0]["lr"]
-        row = {"step": self.step, "samples": self.step * self.global_batch, "loss": s[_LOSS] / count,
-               "mse": s[_MSE] / count, "vb": s[_VB] / count if self.cfg.model.learn_sigma else "",
-               "grad_norm": grad_sum / good, "lr": lr, "steps_per_s": steps / elapsed,
-               "videos_per_s": steps * self.global_batch / elapsed, "skipped_steps": skipped}
-        for q in range(4):
-            qc = s[_Q_COUNT.start + q]
-            row[f"loss_q{q}"] = s[_Q_LOSS.start + q] / qc if qc else ""
-        row.update(extra or {})
+        row = {"step": self.step, "samples": self.step * self.global_batch, "lr": lr,
+               "steps_per_s": steps / elapsed, "videos_per_s": steps * self.global_batch / elapsed,
+               **self.window.read(steps, self.cfg.model.learn_sigma), **(extra or {})}
         self.logger.row(row)
-        if skipped:
-            self.logger.info(f"steps {self._log_step}-{self.step - 1}: {skipped} non-finite loss or gradient "
-                             f"step(s) skipped")
+        if row["skipped_steps"]:
+            self.logger.info(f"steps {self._log_step}-{self.step - 1}: {row['skipped_steps']} non-finite loss or "
+                             f"gradient step(s) skipped")
         self.logger.info(f"step {self.step:>7d} | loss {row['loss']:.4f} | mse {row['mse']:.4f}"
                          + (f" | vb {row['vb']:.4f}" if row["vb"] != "" else "")
                          + f" | grad {row['grad_norm']:.3f} | lr {lr:.2e} | {row['videos_per_s']:.1f} videos/s")
         self._reset_log_window()
         return row
 
+    def _next_batch(self):
+        try:
+            return next(self.data)
+        except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+            # A DataLoader re-raises a worker's error with the worker's traceback in the message:
+            # keep its last line, which names the file and the problem.
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            raise DataFailure(f"the training data failed at step {self.step}: {lines[-1] if lines else e}. "
+                              f"The checkpoints in {self.run_dir} are intact.") from None
+
     def run(self) -> None:
+        """Train to --max_steps. Raises ``Preempted`` after saving when a stop signal arrived."""
+        with self.stop:
+            self._run()
+
+    def _run(self) -> None:
         t = self.cfg.train
         if self.step >= t.max_steps:
             self.logger.info(f"step {self.step} >= --max_steps {t.max_steps}: nothing to do")
@@ -381,9 +423,11 @@ class TrainLoop:
         self._reset_log_window()
         last_saved, save_due = self.step, False
         while self.step < t.max_steps:
-            self.run_step(next(self.data))
+            self.run_step(self._next_batch())
             if bar is not None:
                 bar.update(1)
+            if self.stop_agreed():
+                break
             scores = self.preview() if t.sample_interval and self.step % t.sample_interval == 0 else {}
             if self.step % t.log_interval == 0:
                 self.log_window(scores)
@@ -398,6 +442,10 @@ class TrainLoop:
                 last_saved, save_due = self.step, False
         if self.check_health() == 0 and last_saved != self.step:
             self.save()
+        if self.step < t.max_steps:  # left the loop on a stop signal
+            if self.step % t.log_interval:
+                self.log_window()
+            raise Preempted(self.stop.signal_name or "a stop signal on another rank", self.step)
         if t.sample_interval and self._previewed_step != self.step:
             scores = self.preview()
             if scores:
@@ -416,7 +464,7 @@ def resolve_train_config(args):
         cfg = apply_overrides(cfg, {"log_dir": f"runs/{cfg.preset or 'default'}"})
     resume = find_resume(cfg)
     if resume is not None:
-        stored = Config.from_dict(resume[1]["config"])
+        stored = Config.from_dict(resume.state["config"])
         stored = apply_overrides(stored, {"log_dir": cfg.train.log_dir,
                                           "resume_checkpoint": cfg.train.resume_checkpoint})
         preset = cfg.preset
@@ -446,4 +494,6 @@ def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=No
     # Initial weights are a function of --seed alone (identical on every rank and in every run).
     torch.manual_seed(seed_of(cfg.train.seed, 0x1417))
     model = create_model(cfg)
-    return TrainLoop(cfg, ctx, model, create_diffusion(cfg), data, logger, resume=resume)
+    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else {}
+    return TrainLoop(cfg, ctx, model, create_diffusion(cfg), data, logger, resume=resume,
+                     data_fingerprint=fingerprint)

@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from ..preemption import ignore_stop_signals
 from .folder import VideoFolder
 from .sampler import TrainBatchSampler, eval_shard, seed_of
 from .synthetic import MovingDigits
@@ -53,4 +54,5 @@ def train_loader(dataset, batch_size: int, rank: int, world_size: int, seed: int
     # global RNG, which would shift the dropout stream of a resumed run.
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                             pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
                                             generator=torch.Generator().manual_seed(seed)))

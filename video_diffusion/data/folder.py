@@ -7,8 +7,9 @@ hours into training. With ``skip_bad`` the bad files are left out and listed ins
 Nothing is ever padded: a video shorter than the window is an error or a skip.
 """
 
+import hashlib
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +65,14 @@ class VideoFolder(torch.utils.data.Dataset):
             self.items = [(i, s) for i, (_, n) in enumerate(self.videos) for s in range(0, n - self.span + 1, self.span)]
         else:
             self.items = None
+
+    def fingerprint(self) -> Dict:
+        """What identifies the data: the usable files (relative names, sizes) under the root, hashed."""
+        h = hashlib.sha256()
+        for path, _ in self.videos:
+            h.update(f"{path.relative_to(self.root)}\0{path.stat().st_size}\n".encode())
+        return {"source": str(self.root.resolve()), "videos": len(self.videos), "skipped": len(self.skipped),
+                "files_sha256": h.hexdigest()[:16]}
 
     @staticmethod
     def _class_name(path: Path) -> str:

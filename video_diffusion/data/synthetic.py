@@ -33,6 +33,11 @@ class MovingDigits(torch.utils.data.Dataset):
     def __len__(self):
         return self.num_videos
 
+    def fingerprint(self) -> dict:
+        """What identifies the data: the generator's parameters (the videos are a function of them)."""
+        return {"source": "moving-digits", "image_size": self.image_size, "seq_len": self.seq_len,
+                "channels": self.channels, "videos": self.num_videos, "seed": self.seed}
+
     @cached_property
     def glyphs(self):
         """The ten digits as [h, w] float arrays in [0, 1], tightly cropped, about half a frame tall."""

