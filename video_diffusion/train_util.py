@@ -426,8 +426,6 @@ class TrainLoop:
             self.run_step(self._next_batch())
             if bar is not None:
                 bar.update(1)
-            if self.stop_agreed():
-                break
             scores = self.preview() if t.sample_interval and self.step % t.sample_interval == 0 else {}
             if self.step % t.log_interval == 0:
                 self.log_window(scores)
@@ -440,10 +438,12 @@ class TrainLoop:
             if save_due and self.check_health() == 0:
                 self.save()
                 last_saved, save_due = self.step, False
+            if self.stop_agreed():
+                break
         if self.check_health() == 0 and last_saved != self.step:
             self.save()
         if self.step < t.max_steps:  # left the loop on a stop signal
-            if self.step % t.log_interval:
+            if self.step > self._log_step:
                 self.log_window()
             raise Preempted(self.stop.signal_name or "a stop signal on another rank", self.step)
         if t.sample_interval and self._previewed_step != self.step:
