@@ -173,3 +173,62 @@ def test_progress_rows_after_the_resumed_step_are_dropped(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # 5 and 6 once each
     aside = list((run / "abandoned").glob("progress_after_0000004_*.csv"))
     assert len(aside) == 1 and len(aside[0].read_text().splitlines()) == 3  # header + the dropped rows 5, 6
+
+
+def write_npz_videos(root, n=4, t=6, size=16):
+    import numpy as np
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        np.savez(root / f"v{i}.npz", video=rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8))
+
+
+def test_a_video_that_becomes_unreadable_mid_run_is_a_one_line_error(tmp_path):
+    data = tmp_path / "videos"
+    write_npz_videos(data)
+    cfg = micro_config(tmp_path, data_dir=str(data), num_workers=1, max_steps=100, save_interval=2)
+    loop = loop_for(cfg)
+    for _ in range(2):
+        loop.run_step(next(loop.data))
+    loop.save()
+    for p in data.iterdir():
+        p.write_bytes(b"truncated")  # the disk under the run goes bad
+    from video_diffusion.train_util import DataFailure
+
+    with pytest.raises(DataFailure) as e:
+        loop.run()
+    message = str(e.value)
+    assert "\n" not in message and "training data failed at step" in message and ".npz" in message
+    # the checkpoints before the failure are intact (the loader had prefetched two more batches)
+    assert 2 <= load_checkpoint(list_checkpoints(cfg.train.log_dir)[-1])["step"] <= loop.step
+
+
+class DiesInWorker(torch.utils.data.Dataset):
+    """Moving digits whose worker process dies when it reaches video 5."""
+
+    def __init__(self, cfg):
+        from video_diffusion.data import create_dataset
+
+        self.inner = create_dataset(cfg)
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        if index == 5 and torch.utils.data.get_worker_info() is not None:
+            os._exit(1)
+        return self.inner[key]
+
+
+def test_a_dead_dataloader_worker_is_a_one_line_error(tmp_path):
+    from test_training import CPU
+    from video_diffusion.logger import RunLogger
+    from video_diffusion.train_util import DataFailure, build_train_loop
+
+    cfg = micro_config(tmp_path, num_workers=1, max_steps=50)
+    loop = build_train_loop(cfg, CPU, RunLogger(cfg.train.log_dir, echo=False), dataset=DiesInWorker(cfg))
+    with pytest.raises(DataFailure) as e:
+        loop.run()
+    assert "\n" not in str(e.value) and "worker" in str(e.value)

@@ -341,3 +341,45 @@ def test_fvd_against_a_folder_of_real_videos(tmp_path):
     assert proc.stdout.strip().splitlines()[-1].startswith("FVD: ")
     feats = np.load(tmp_path / "f.npz")
     assert feats["samples"].shape == (3, 400) and feats["reference"].shape == (3, 400)  # first 12 frames of each
+
+
+def test_cached_statistics_must_match_the_request(tmp_path):
+    from video_diffusion.evaluation.fvd import save_stats
+
+    clips = np.zeros((3, 12, 16, 16, 3), np.uint8)
+    np.savez(tmp_path / "s.npz", clips)
+    np.savez(tmp_path / "ref.npz", clips)
+    np.savez(tmp_path / "other.npz", clips + 1)
+    feats = np.random.default_rng(0).normal(size=(3, 400))
+    proc = fvd_script("--samples", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "ref.npz"),
+                      "--ref_stats", str(tmp_path / "stats"))
+    assert proc.returncode == 2 and "--ref_stats must name an .npz file" in proc.stderr
+    # statistics of the first 12 frames of ref.npz
+    from importlib.util import module_from_spec, spec_from_file_location
+    spec = spec_from_file_location("video_fvd", FVD_SCRIPT)
+    fvd_mod = module_from_spec(spec)
+    spec.loader.exec_module(fvd_mod)
+    source = f"--reference {(tmp_path / 'ref.npz').resolve()} ({fvd_mod.file_fingerprint(tmp_path / 'ref.npz')})"
+    save_stats(tmp_path / "st.npz", feats, num_frames=12, height=16, width=16, source=source)
+    # another reference beside a cache of this one: refused, not silently ignored
+    other = fvd_script("--samples", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "other.npz"),
+                       "--ref_stats", str(tmp_path / "st.npz"))
+    assert other.returncode == 2 and "was computed from --reference" in other.stderr and "other.npz" in other.stderr
+    # 10 frames of samples against 12-frame statistics
+    shorter = fvd_script("--samples", str(tmp_path / "s.npz"), "--num_frames", "10",
+                         "--ref_stats", str(tmp_path / "st.npz"))
+    assert shorter.returncode == 2 and "holds num_frames 12, the samples have 10" in shorter.stderr
+    # statistics without a record of what they describe
+    save_stats(tmp_path / "old.npz", feats)
+    old = fvd_script("--samples", str(tmp_path / "s.npz"), "--ref_stats", str(tmp_path / "old.npz"))
+    assert old.returncode == 2 and "does not record" in old.stderr
+
+
+def test_frame_counts_of_samples_and_reference_must_agree(tmp_path):
+    np.savez(tmp_path / "s10.npz", np.zeros((3, 10, 16, 16, 3), np.uint8))
+    np.savez(tmp_path / "r16.npz", np.zeros((3, 16, 16, 16, 3), np.uint8))
+    asked = fvd_script("--samples", str(tmp_path / "s10.npz"), "--reference", str(tmp_path / "r16.npz"),
+                       "--num_frames", "16")
+    assert asked.returncode == 2 and "--num_frames 16: the samples have only 10 frames" in asked.stderr
+    plain = fvd_script("--samples", str(tmp_path / "s10.npz"), "--reference", str(tmp_path / "r16.npz"))
+    assert plain.returncode == 2 and "frame counts differ: samples 10, reference 16" in plain.stderr

@@ -110,8 +110,13 @@ def fvd_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def save_stats(path, features: np.ndarray, **meta) -> None:
+    """Write mu, sigma and ``meta`` (what they were computed from) to ``path`` atomically."""
     mu, sigma = feature_stats(features)
-    np.savez(path, mu=mu, sigma=sigma, num_videos=len(features), **meta)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, mu=mu, sigma=sigma, num_videos=len(features), **meta)
+    tmp.replace(path)
 
 
 def load_stats(path) -> Tuple[np.ndarray, np.ndarray, dict]:
@@ -121,7 +126,8 @@ def load_stats(path) -> Tuple[np.ndarray, np.ndarray, dict]:
     with np.load(path) as z:
         if not {"mu", "sigma"} <= set(z.files):
             raise ValueError(f"--ref_stats {str(path)!r} holds no 'mu' and 'sigma'")
-        return z["mu"], z["sigma"], {k: z[k] for k in z.files if k not in ("mu", "sigma")}
+        return z["mu"], z["sigma"], {k: z[k].item() if z[k].ndim == 0 else z[k] for k in z.files
+                                     if k not in ("mu", "sigma")}
 
 
 def load_sample_file(path, name: str, key: str = "arr_0", num_frames: Optional[int] = None) -> np.ndarray:
