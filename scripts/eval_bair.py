@@ -12,23 +12,49 @@ the per-sample-index FVDs (sample s of every video against the real clips); PSNR
 of the predicted frames, mean and best-of-N, beside the copy-last-frame and black
 baselines. Test videos are split over the ranks so that each is used exactly once. Rank r
 writes its samples to samples_shard<r>of<W>.npz (arr_0 uint8 [videos x samples, 16, H, W, 3],
-with video_index and sample_index); rank 0 writes bair_eval.json and grid.png beside them.
+with video_index, sample_index and the run's id); rank 0 checks that the folder holds
+exactly this run's W shards and writes bair_eval.json and grid.png beside them. Every
+file is written under a temporary name and renamed when complete.
+
+Refused before any sampling: a test set that is not the whole BAIR test split (256
+videos; --allow_partial_test_set for a quick check, marked in the JSON), a test file
+that cannot be read, a model whose window is shorter than the 16 frames of the protocol,
+and an --out_dir that holds the results of an earlier run.
 """
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 from video_diffusion import dist_util
 from video_diffusion.config import str2bool
-from video_diffusion.evaluation.quality import evaluate, format_table
+from video_diffusion.atomic import write_image, write_json
+from video_diffusion.evaluation.quality import check_shards, evaluate, format_table
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import (add_sample_flags, describe_sampler, load_for_sampling, sample_options_from,
-                                        sampling_diffusion, test_dataset, validate_options)
+from video_diffusion.sample_util import (add_sample_flags, check_output_folder, describe_sampler, load_for_sampling,
+                                        sample_options_from, sampling_diffusion, test_dataset, validate_options)
 
 NUM_FRAMES, NUM_COND = 16, 1
+BAIR_TEST_VIDEOS = 256
+
+
+def check_out_dir(out_dir: Path) -> None:
+    check_output_folder(out_dir, "--out_dir")
+    earlier = sorted(p.name for p in out_dir.glob("*") if p.name.startswith("samples_shard")
+                     or p.name in ("bair_eval.json", "grid.png")) if out_dir.is_dir() else []
+    if earlier:
+        raise ValueError(f"--out_dir {str(out_dir)!r} holds the results of an earlier run ({', '.join(earlier[:4])}"
+                         f"{'...' if len(earlier) > 4 else ''}): choose another folder or move them")
+
+
+def _check(fn, *args) -> str:
+    """'' when ``fn(*args)`` passes, else its error message (to share a verdict across ranks)."""
+    try:
+        fn(*args)
+        return ""
+    except ValueError as e:
+        return str(e)
 
 
 def main(argv=None):
@@ -40,39 +66,61 @@ def main(argv=None):
     p.add_argument("--out_dir", default="bair_eval", help="where the sample shards and bair_eval.json go")
     # the protocol fixes the task; the sampler and the sample counts stay choices
     add_sample_flags(p, exclude=("task", "num_cond_frames", "cond_frames", "num_frames", "context_frames",
-                                 "deterministic", "conditioning", "resample_steps"),
+                                 "deterministic", "conditioning", "resample_steps", "skip_bad_videos"),
                      num_samples=0, samples_per_video=100, batch_size=64)
+    p.add_argument("--allow_partial_test_set", action="store_true",
+                   help=f"evaluate a test set other than the whole BAIR test split ({BAIR_TEST_VIDEOS} videos), or "
+                        "--num_samples of it; the JSON then says the figures are not the protocol's")
     args = p.parse_args(argv)
     ctx = dist_util.setup_dist()
     try:
         if not args.data_dir:
             raise ValueError("--data_dir: give the prepared BAIR test split (OUT/test of prepare_bair.py)")
+        out_dir = Path(args.out_dir)
+        # rank 0 looks at the folder before anything runs; every rank learns the verdict
+        verdict = dist_util.all_gather_object(ctx, _check(check_out_dir, out_dir) if ctx.is_main else "")[0]
+        if verdict:
+            raise ValueError(verdict)
         opts = sample_options_from(args, task="prediction", num_cond_frames=NUM_COND, num_frames=NUM_FRAMES)
         cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, None, ctx.device)
         if not cfg.model.rgb:
             raise ValueError("the BAIR protocol needs an RGB model (FVD's I3D takes RGB clips)")
+        if cfg.model.seq_len < NUM_FRAMES:
+            raise ValueError(f"{args.model_path}: the model's window is {cfg.model.seq_len} frames (--seq_len); the "
+                             f"protocol predicts {NUM_FRAMES - NUM_COND} frames from {NUM_COND} in one window of "
+                             f"{NUM_FRAMES}")
         validate_options(cfg, opts)
         sampler = describe_sampler(opts, sampling_diffusion(cfg, opts))
-        i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript)
-        out_dir = Path(args.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if ctx.is_main:
-            print(f"BAIR 1 -> 15: {opts.num_samples or 'every'} test video(s) x {opts.samples_per_video} samples "
-                  f"with {weights}, sampler {sampler}, on {ctx.world_size} rank(s)", flush=True)
-        num_test = len(test_dataset(cfg, NUM_FRAMES, args.data_dir))
-        if min(opts.num_samples or num_test, num_test) < 2:
+        num_test = len(test_dataset(cfg, NUM_FRAMES, args.data_dir))  # every file must be readable
+        used = min(opts.num_samples or num_test, num_test)
+        complete = num_test == BAIR_TEST_VIDEOS and used == num_test
+        if not complete and not args.allow_partial_test_set:
+            raise ValueError(f"--data_dir {args.data_dir} holds {num_test} test videos"
+                             + (f" (--num_samples {opts.num_samples})" if used != num_test else "")
+                             + f"; the protocol uses all {BAIR_TEST_VIDEOS} of the BAIR test split. "
+                             "--allow_partial_test_set evaluates it anyway (not comparable to published numbers)")
+        if used < 2:
             raise ValueError(f"--data_dir {args.data_dir}: FVD needs at least 2 test videos, found {num_test}")
+        i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript)
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            print(f"BAIR 1 -> 15: {used} of {num_test} test video(s) x {opts.samples_per_video} samples "
+                  f"with {weights}, sampler {sampler}, on {ctx.world_size} rank(s)"
+                  + ("" if complete else " -- NOT the full protocol"), flush=True)
+        dist_util.barrier(ctx)
         result = evaluate(cfg, model, opts, ctx, i3d=i3d, shard_dir=out_dir,
                           progress=ctx.is_main and sys.stderr.isatty())
-    except (ValueError, FileNotFoundError) as e:
+        if ctx.is_main:
+            check_shards(out_dir, ctx.world_size, result["run_id"])
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         dist_util.cleanup(ctx)
         p.exit(2, f"{p.prog}: error: {e}\n")
     if ctx.is_main:
         m = result["metrics"]
         m.update(sampler=sampler, weights=weights, model_path=str(args.model_path), cond_frames=NUM_COND,
-                 options=dataclasses.asdict(opts))
-        (out_dir / "bair_eval.json").write_text(json.dumps(m, indent=1))
-        result["grid"].save(out_dir / "grid.png")
+                 options=dataclasses.asdict(opts), protocol_complete=complete, test_videos_in_data_dir=num_test)
+        write_json(out_dir / "bair_eval.json", m)
+        write_image(out_dir / "grid.png", result["grid"])
         print(format_table(m))
         if "fvd_per_sample_index_mean" in m:
             print(f"mean of the per-sample-index FVDs: {m['fvd_per_sample_index_mean']:.4f}")

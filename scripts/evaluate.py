@@ -18,10 +18,10 @@ grid.png (ground truth above samples, given frames outlined in red) into a new f
 
 import argparse
 import dataclasses
-import json
 import sys
 
 from video_diffusion import dist_util
+from video_diffusion.atomic import write_image, write_json
 from video_diffusion.config import str2bool
 from video_diffusion.evaluation.quality import evaluate, format_table
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
@@ -67,9 +67,9 @@ def main(argv=None):
     if ctx.is_main:
         metrics = {**result["metrics"], "sampler": sampler, "weights": weights, "model_path": str(args.model_path),
                    "options": dataclasses.asdict(opts)}
-        (out_dir / "quality.json").write_text(json.dumps(metrics, indent=1))
+        write_json(out_dir / "quality.json", metrics)
         if result["grid"] is not None:
-            result["grid"].save(out_dir / "grid.png")
+            write_image(out_dir / "grid.png", result["grid"])
         print(format_table(metrics))
         print(f"wrote {out_dir / 'quality.json'} and {out_dir / 'grid.png'}", flush=True)
     dist_util.cleanup(ctx)

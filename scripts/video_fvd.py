@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from video_diffusion.atomic import write_npz
 from video_diffusion.data import VideoFolder
 from video_diffusion.evaluation.fvd import (check_videos, feature_stats, frechet_distance, i3d_features,
                                             load_sample_file, load_stats, save_stats)
@@ -130,11 +131,8 @@ def main(argv=None):
                            width=real.shape[3], source=source)
                 print(f"wrote reference statistics {args.ref_stats}")
         if args.features_out:
-            out = Path(args.features_out)
-            tmp = out.with_name(f".{out.name}.tmp")
-            with open(tmp, "wb") as f:
-                np.savez(f, samples=sample_features, **({"reference": ref_features} if ref_features is not None else {}))
-            tmp.replace(out)
+            write_npz(args.features_out, samples=sample_features,
+                      **({"reference": ref_features} if ref_features is not None else {}))
         fvd = frechet_distance(*feature_stats(sample_features), mu_r, sigma_r)
     except (ValueError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")

@@ -47,7 +47,7 @@ def main(argv=None):
             print(f"sampling {opts.num_samples or 'one per test video'} x {opts.samples_per_video} videos ({opts.task}) "
                   f"with {weights} from {args.model_path} on {ctx.world_size} rank(s); sampler {steps}", flush=True)
         start = time.perf_counter()
-        mine, num_videos = generate(cfg, model, opts, ctx, progress=ctx.is_main and sys.stderr.isatty())
+        mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=ctx.is_main and sys.stderr.isatty())
         elapsed = time.perf_counter() - start
     except (ValueError, FileNotFoundError) as e:
         dist_util.cleanup(ctx)
@@ -57,8 +57,13 @@ def main(argv=None):
     if ctx.is_main:
         samples, gt, masks = result
         out_dir = new_output_dir(args.out_dir, opts.task)
+        for name, reason in skipped:
+            print(f"skipped test video {name}: {reason}", flush=True)
+        if skipped:
+            print(f"--skip_bad_videos: {len(skipped)} test video(s) left out (listed in sample_options.json)")
         path = save_samples(out_dir, samples, gt, masks,
-                            {**dataclasses.asdict(opts), "model_path": str(args.model_path), "weights": weights})
+                            {**dataclasses.asdict(opts), "model_path": str(args.model_path), "weights": weights,
+                             "skipped_test_videos": [{"path": n, "reason": r} for n, r in skipped]})
         print(f"wrote {path}", flush=True)
         print(f"sampled {num_items} videos in {elapsed:.1f} s ({elapsed * ctx.world_size / num_items:.2f} s per video "
               f"per rank; sampler {steps})", flush=True)

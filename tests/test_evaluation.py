@@ -6,6 +6,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -308,10 +309,11 @@ def test_bair_protocol_on_two_ranks(tmp_path):
     proc = subprocess.run([shutil.which("mpiexec", path=str(VENV_BIN)), "-n", "2", sys.executable,
                            str(REPO / "scripts" / "eval_bair.py"), "--model_path", str(tmp_path / "run" / "ckpt_0000001.pt"),
                            "--data_dir", str(test_dir), "--samples_per_video", "2", "--batch_size", "3",
-                           "--steps", "5", "--out_dir", str(out)],
+                           "--steps", "5", "--out_dir", str(out), "--allow_partial_test_set"],
                           env=script_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "bair_eval.json").read_text())
+    assert r["protocol_complete"] is False and "NOT the full protocol" in proc.stdout
     assert r["num_videos"] == 3 and r["samples_per_video"] == 2 and r["world_size"] == 2
     assert len(r["fvd_per_sample_index"]) == 2
     assert r["fvd_per_sample_index_mean"] == pytest.approx(np.mean(r["fvd_per_sample_index"]))
@@ -326,6 +328,75 @@ def test_bair_protocol_on_two_ranks(tmp_path):
             assert video.shape == (16, 16, 16, 3)
             assert np.array_equal(video[0], np.load(test_dir / f"traj_{v:06d}.npz")["video"][0])  # the given frame
     assert proc.stdout.strip().splitlines()[-1].startswith("FVD: ")
+    assert not list(out.glob(".*.tmp"))  # every file renamed into place
+
+    def bair(*args):
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "eval_bair.py"), "--model_path",
+                               str(tmp_path / "run" / "ckpt_0000001.pt"), "--data_dir", str(test_dir), "--steps", "2",
+                               "--samples_per_video", "1", *args],
+                              env=script_env(), capture_output=True, text=True, timeout=600)
+
+    # the results of the run above are never mixed with a new run's
+    again = bair("--out_dir", str(out), "--allow_partial_test_set")
+    assert again.returncode == 2 and "holds the results of an earlier run" in again.stderr
+    # 3 test videos are not the BAIR test split
+    partial = bair("--out_dir", str(tmp_path / "e2"))
+    assert partial.returncode == 2 and "holds 3 test videos" in partial.stderr and "256" in partial.stderr
+    assert not (tmp_path / "e2").exists()  # refused before anything was written
+    # a test file that cannot be read is an error, whatever the training run allowed
+    (test_dir / "traj_000001.npz").write_bytes(b"truncated")
+    broken = bair("--out_dir", str(tmp_path / "e3"), "--allow_partial_test_set")
+    assert broken.returncode == 2 and "traj_000001.npz" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_bair_protocol_refuses_a_model_whose_window_is_too_short(tmp_path):
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        np.savez(test_dir / f"traj_{i:06d}.npz", video=rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
+    from conftest import micro_config
+    from video_diffusion.checkpoint import save_checkpoint
+    from video_diffusion.build import create_model
+
+    cfg = micro_config(seq_len=4, data_dir=str(test_dir))
+    model = create_model(cfg)
+    save_checkpoint(tmp_path / "run", 1, {"config": cfg.to_dict(), "model": model.state_dict(), "ema": {}})
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "eval_bair.py"), "--model_path",
+                           str(tmp_path / "run" / "ckpt_0000001.pt"), "--data_dir", str(test_dir),
+                           "--out_dir", str(tmp_path / "out"), "--allow_partial_test_set"],
+                          env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "window is 4 frames" in proc.stderr
+
+
+def test_a_shard_set_must_be_complete_and_of_one_run(tmp_path):
+    from video_diffusion.evaluation.quality import check_shards, shard_name
+
+    for r in range(2):
+        np.savez(tmp_path / shard_name(r, 2), arr_0=np.zeros(1), run_id=np.array("abc"))
+    check_shards(tmp_path, 2, "abc")
+    with pytest.raises(RuntimeError, match="belongs to another run"):
+        check_shards(tmp_path, 2, "xyz")
+    np.savez(tmp_path / shard_name(2, 3), arr_0=np.zeros(1), run_id=np.array("old"))  # a stale 3-rank shard
+    with pytest.raises(RuntimeError, match="expected the shards"):
+        check_shards(tmp_path, 2, "abc")
+
+
+def test_sampling_never_inherits_skip_bad_videos_from_training(tmp_path):
+    from conftest import micro_config
+    from video_diffusion.sample_util import test_dataset
+
+    data = tmp_path / "videos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.savez(data / f"v{i}.npz", video=rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8))
+    (data / "v3.npz").write_bytes(b"truncated")
+    cfg = micro_config(data_dir=str(data), skip_bad_videos=True)
+    with pytest.raises(Exception, match="v3.npz"):
+        test_dataset(cfg, 4, str(data))
+    kept = test_dataset(cfg, 4, str(data), skip_bad=True)  # only when sampling asks for it, and counted
+    assert len(kept) == 3 and [Path(p).name for p, _ in kept.skipped] == ["v3.npz"]
 
 
 def test_fvd_against_a_folder_of_real_videos(tmp_path):

@@ -7,7 +7,6 @@ given frames from test video i, so the sample file is the same on 1 rank or 8.
 """
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -17,8 +16,9 @@ import torch
 
 from . import dist_util
 from .build import create_diffusion, create_model
+from .atomic import write_json, write_npz
 from .checkpoint import load_checkpoint
-from .config import Config, apply_overrides, parse_int_list, validate
+from .config import Config, apply_overrides, parse_int_list, str2bool, validate
 from .data import create_dataset, eval_shard, seed_of
 from .masking import frames_mask, prediction_mask, unconditional_mask
 from .nn import to_channels_last
@@ -62,6 +62,8 @@ class SampleOptions:
     data_dir: str = _opt("", "videos giving the given frames and ground truth (default: held-out embedded videos)")
     deterministic: str = _opt("first", "test windows from --data_dir: the first of each video, or every "
                                        "non-overlapping one", choices=("first", "all"))
+    skip_bad_videos: bool = _opt(False, "leave out unusable test videos (each named, and counted in the output) "
+                                        "instead of stopping; never taken from the training configuration")
 
 
 def add_sample_flags(parser, exclude: Sequence[str] = (), **defaults) -> None:
@@ -75,6 +77,8 @@ def add_sample_flags(parser, exclude: Sequence[str] = (), **defaults) -> None:
             continue
         default = defaults.get(f.name, f.default)
         kw = dict(default=default, type=type(f.default), help=f"{f.metadata['help']} (default: {default!r})")
+        if isinstance(f.default, bool):
+            kw.update(type=str2bool, nargs="?", const=True)
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         group.add_argument(f"--{f.name}", **kw)
@@ -205,18 +209,22 @@ def context_frames_of(cfg: Config, opts: SampleOptions) -> int:
     return opts.context_frames or cfg.model.seq_len // 2
 
 
-def test_dataset(cfg: Config, num_frames: int, data_dir: str = "", windows: str = "first"):
+def test_dataset(cfg: Config, num_frames: int, data_dir: str = "", windows: str = "first", skip_bad: bool = False):
     """
     Videos that provide the given frames and the ground truth: the folder ``data_dir``
     (``windows`` "first": the first window of each video; "all": every non-overlapping
     window), or held-out embedded videos for a model trained on embedded data.
+
+    :param skip_bad: leave out unusable files (listed in ``.skipped``) instead of raising;
+        the training configuration's --skip_bad_videos never applies here.
     """
     if not data_dir and cfg.train.data_dir:
         raise ValueError(f"this model was trained on --data_dir {cfg.train.data_dir!r}: give --data_dir with "
                          "the videos whose frames condition the samples (e.g. the test split)")
     if windows not in ("first", "all"):
         raise ValueError(f"--deterministic must be 'first' or 'all', got {windows!r}")
-    return create_dataset(cfg, data_dir=data_dir, seq_len=num_frames, windows=windows, seed_offset=0x7E57)
+    return create_dataset(cfg, data_dir=data_dir, seq_len=num_frames, windows=windows, seed_offset=0x7E57,
+                          skip_bad=skip_bad)
 
 
 def to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -241,7 +249,8 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     frames of test video v, so the result does not depend on the number of ranks.
 
     :return: (dict of item -> (sample uint8 [T, H, W, C], gt uint8 or None, obs_mask [T]),
-        the number of test videos (or generated videos) V; items run over V * S).
+        the number of test videos (or generated videos) V; items run over V * S,
+        the (path, reason) of test files left out by --skip_bad_videos).
     """
     validate_options(cfg, opts)
     conditioning = resolve_conditioning(cfg, opts)
@@ -250,7 +259,8 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     # The network is convolutional in time, so a shorter clip is one window of num_frames;
     # a longer one is rolled out window by window.
     seq_len = min(cfg.model.seq_len, num_frames)
-    data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic) if opts.task != "generation" else None
+    data = (test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic, opts.skip_bad_videos)
+            if opts.task != "generation" else None)
     channels = 3 if cfg.model.rgb else 1
     size = cfg.model.image_size
     num_videos = resolve_num_samples(opts, data)
@@ -297,7 +307,7 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
         gt_u8 = to_uint8(gt) if gt is not None else None
         for j, i in enumerate(idx):
             out[i] = (samples_u8[j], None if gt_u8 is None else gt_u8[j], full_mask[j].cpu().numpy().astype(np.uint8))
-    return out, num_videos
+    return out, num_videos, [(str(p), r) for p, r in getattr(data, "skipped", [])]
 
 
 def resolve_num_samples(opts: SampleOptions, data) -> int:
@@ -332,12 +342,22 @@ def gather_samples(ctx: dist_util.DistContext, mine: Dict, num_items: int):
     return samples, gt, masks
 
 
+def check_output_folder(path, flag: str) -> None:
+    """An output folder may exist or be created, but not be a file (or lie below one)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{flag} {str(path)!r}: {str(p)!r} is a file, not a folder")
+            return
+
+
 def new_output_dir(parent, task: str) -> Path:
     """
     A fresh folder ``<parent>/<NNN>_<task>`` (the next free number), so that no run ever
     overwrites the files of an earlier one.
     """
     parent = Path(parent)
+    check_output_folder(parent, "--out_dir")
     parent.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name.split("_")[0]) for p in parent.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()]
     number = max(taken, default=-1) + 1
@@ -362,11 +382,9 @@ def save_samples(out_dir, samples: np.ndarray, gt: Optional[np.ndarray], obs_mas
     arrays = {"arr_0": samples}
     if gt is not None:
         arrays.update(gt=gt, obs_mask=obs_mask)
-    tmp = out_dir / f".{path.name}.tmp.npz"
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    write_npz(path, **arrays)
     if options is not None:
-        (out_dir / "sample_options.json").write_text(json.dumps(options, indent=1))
+        write_json(out_dir / "sample_options.json", options)
     return path
 
 

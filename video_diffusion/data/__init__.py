@@ -20,11 +20,11 @@ __all__ = ["MovingDigits", "VideoFolder", "BadVideo", "TrainBatchSampler", "eval
            "create_dataset", "train_loader", "resolve_num_workers"]
 
 
-def create_dataset(cfg, data_dir=None, seq_len=None, windows="random", seed_offset=0):
+def create_dataset(cfg, data_dir=None, seq_len=None, windows="random", seed_offset=0, skip_bad=None):
     """
     A dataset for the configuration: the video folder ``data_dir`` (default --data_dir), or
     the embedded moving digits when there is none (``seed_offset`` picks other videos, e.g.
-    held-out ones for sampling).
+    held-out ones for sampling). ``skip_bad`` None = the training flag --skip_bad_videos.
     """
     m, t = cfg.model, cfg.train
     data_dir = t.data_dir if data_dir is None else data_dir
@@ -32,7 +32,7 @@ def create_dataset(cfg, data_dir=None, seq_len=None, windows="random", seed_offs
     channels = 3 if m.rgb else 1
     if data_dir:
         return VideoFolder(data_dir, m.image_size, seq_len, channels, frame_stride=t.frame_stride, windows=windows,
-                           class_cond=t.class_cond, skip_bad=t.skip_bad_videos)
+                           class_cond=t.class_cond, skip_bad=t.skip_bad_videos if skip_bad is None else skip_bad)
     if t.class_cond:
         raise ValueError("--class_cond needs --data_dir (labels come from file-name prefixes)")
     return MovingDigits(m.image_size, seq_len, channels=channels, seed=seed_of(t.seed, seed_offset) if seed_offset else t.seed)

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
+from ..atomic import write_npz
 
 FEATURE_SIZE = 224
 
@@ -112,11 +113,7 @@ def fvd_from_features(a: np.ndarray, b: np.ndarray) -> float:
 def save_stats(path, features: np.ndarray, **meta) -> None:
     """Write mu, sigma and ``meta`` (what they were computed from) to ``path`` atomically."""
     mu, sigma = feature_stats(features)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-        np.savez(f, mu=mu, sigma=sigma, num_videos=len(features), **meta)
-    tmp.replace(path)
+    write_npz(path, mu=mu, sigma=sigma, num_videos=len(features), **meta)
 
 
 def load_stats(path) -> Tuple[np.ndarray, np.ndarray, dict]:

@@ -19,6 +19,7 @@ rank 0, so 100 samples x 256 BAIR videos never have to fit on one process.
 """
 
 import time
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import dist_util
+from ..atomic import write_npz
 from ..data import eval_shard
 from ..sample_util import SampleOptions, generate, test_dataset, to_uint8
 from ..visualize import auto_scale, grid, strip
@@ -79,7 +81,7 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     :return: on rank 0 a dict with "metrics" (JSON-ready) and "grid" (a PIL image); None elsewhere.
     """
     start = time.perf_counter()
-    mine, num_videos = generate(cfg, model, opts, ctx, progress=progress)
+    mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=progress)
     seconds = time.perf_counter() - start
     per_video = opts.samples_per_video
     keys = sorted(mine)
@@ -94,17 +96,17 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
                 baselines.append((i // per_video, *frame_scores(copy_last_given(gt_u8, mask), gt_u8, mask),
                                   *frame_scores(np.zeros_like(gt_u8), gt_u8, mask)))
     samples = _stack([mine[i][0] for i in keys], ())
+    run_id = dist_util.all_gather_object(ctx, uuid.uuid4().hex)[0]  # rank 0's: names this run in every shard
     if shard_dir is not None:
-        shard_dir = Path(shard_dir)
-        np.savez(shard_dir / f"samples_shard{ctx.rank}of{ctx.world_size}.npz", arr_0=samples,
-                 video_index=np.array([i // per_video for i in keys], dtype=np.int64),
-                 sample_index=np.array([i % per_video for i in keys], dtype=np.int64))
+        write_npz(Path(shard_dir) / shard_name(ctx.rank, ctx.world_size), arr_0=samples,
+                  video_index=np.array([i // per_video for i in keys], dtype=np.int64),
+                  sample_index=np.array([i % per_video for i in keys], dtype=np.int64), run_id=np.array(run_id))
     num_frames = samples.shape[1] if len(samples) else (opts.num_frames or cfg.model.seq_len)
     fvd_possible = i3d is not None and num_frames >= MIN_FVD_FRAMES
     features = real_features = None
     if fvd_possible:
         # the real clips: the test videos themselves (or, for generation, as many held-out ones)
-        real_data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic)
+        real_data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic, opts.skip_bad_videos)
         if len(real_data) < num_videos:
             raise ValueError(f"FVD needs {num_videos} real videos, the test set holds {len(real_data)}")
         real_ids = eval_shard(num_videos, ctx.rank, ctx.world_size)
@@ -123,7 +125,8 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     metrics = {"task": opts.task, "num_videos": num_videos, "samples_per_video": per_video,
                "num_frames": num_frames, "seconds": max(p["seconds"] for p in parts),
                "sample_seconds_per_video": max(p["seconds"] for p in parts) * ctx.world_size
-               / (num_videos * per_video), "world_size": ctx.world_size}
+               / (num_videos * per_video), "world_size": ctx.world_size,
+               "skipped_test_videos": [{"path": n, "reason": r} for n, r in skipped]}
     if conditioned:
         scores = sorted(r for p in parts for r in p["rows"])
         ps = torch.tensor([r[1] for r in scores]).reshape(num_videos, per_video)
@@ -150,7 +153,24 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     elif i3d is not None:
         metrics["fvd_skipped"] = f"I3D needs >= {MIN_FVD_FRAMES} frames, the clips have {num_frames}"
     shown = {k: v for p in parts for k, v in p["shown"].items()}
-    return {"metrics": metrics, "grid": comparison_grid(shown, per_video)}
+    return {"metrics": metrics, "grid": comparison_grid(shown, per_video), "run_id": run_id}
+
+
+def shard_name(rank: int, world_size: int) -> str:
+    return f"samples_shard{rank}of{world_size}.npz"
+
+
+def check_shards(shard_dir, world_size: int, run_id: str) -> None:
+    """The folder must hold exactly this run's shards: one per rank, all of run ``run_id``."""
+    shard_dir = Path(shard_dir)
+    found = sorted(p.name for p in shard_dir.glob("samples_shard*of*.npz"))
+    expected = sorted(shard_name(r, world_size) for r in range(world_size))
+    if found != expected:
+        raise RuntimeError(f"{shard_dir}: expected the shards {expected}, found {found}")
+    for name in expected:
+        with np.load(shard_dir / name) as z:
+            if "run_id" not in z.files or str(z["run_id"]) != run_id:
+                raise RuntimeError(f"{shard_dir / name} belongs to another run")
 
 
 def comparison_grid(shown: Dict, per_video: int):
@@ -188,4 +208,8 @@ def format_table(metrics: Dict) -> str:
     elif "fvd_skipped" in metrics:
         lines.append(f"FVD not computed: {metrics['fvd_skipped']}")
     lines.append(f"{metrics['sample_seconds_per_video']:.2f} s per video")
+    skipped = metrics.get("skipped_test_videos") or []
+    if skipped:
+        lines.append(f"{len(skipped)} test video(s) left out by --skip_bad_videos: "
+                     + ", ".join(s["path"] for s in skipped[:5]) + ("..." if len(skipped) > 5 else ""))
     return "\n".join(lines)
