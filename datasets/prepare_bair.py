@@ -15,10 +15,15 @@ Train with ``--data_dir OUT/train``; evaluate on ``OUT/test`` (256 trajectories)
 """
 
 import argparse
+import hashlib
+import http.client
+import os
+import shutil
 import sys
 import tarfile
+import urllib.error
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +31,8 @@ from tqdm import tqdm
 from video_diffusion.data.tfrecord import CorruptRecord, parse_example, read_records, tfrecord_files
 
 BAIR_URL = "http://rail.eecs.berkeley.edu/datasets/bair_robot_pushing_dataset_v0.tar"
+# (bytes, sha256) of the archive, as tensorflow-datasets records them for this URL
+KNOWN_ARCHIVES = {BAIR_URL: (32274964480, "c6f8d164ab2be07174ef597e3e070d7466f3142caddc467b6af119b9458cd9cd")}
 CAMERAS = ("image_aux1", "image_main")
 SIZE = 64
 
@@ -73,22 +80,91 @@ def convert_tfrecords(tfrecord_dir, out_dir, camera: str = "image_aux1") -> dict
     return counts
 
 
+class DownloadError(RuntimeError):
+    """The archive could not be fetched or unpacked (nothing is left under its final name)."""
+
+
+def fetch(url: str, archive: Path) -> Path:
+    """
+    Fetch ``url`` to ``archive`` through ``archive.part``; the file is renamed into place only
+    when its length matches the server's Content-Length and, for a known URL, the expected size
+    and SHA-256. Anything else deletes the partial file, so a rerun fetches again.
+    """
+    part = archive.with_name(archive.name + ".part")
+    expected_size, expected_sha = KNOWN_ARCHIVES.get(url, (None, None))
+    digest, received = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url) as response, open(part, "wb") as f:
+            announced = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=announced or expected_size, unit="B", unit_scale=True, desc="download") as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        for what, size in (("the server announced", announced), ("the archive has", expected_size)):
+            if size is not None and received != size:
+                raise DownloadError(f"download of {url} incomplete: received {received} bytes, {what} {size}")
+        if expected_sha is not None and digest.hexdigest() != expected_sha:
+            raise DownloadError(f"download of {url} is corrupt: SHA-256 {digest.hexdigest()}, expected {expected_sha}")
+    except (OSError, urllib.error.URLError, http.client.HTTPException, DownloadError) as e:
+        part.unlink(missing_ok=True)
+        if isinstance(e, DownloadError):
+            raise
+        raise DownloadError(f"download of {url} failed after {received} bytes: {e}. Rerun to fetch again") from None
+    part.replace(archive)
+    return archive
+
+
+def _safe_members(tar: tarfile.TarFile, where: str):
+    """Every member, refusing anything that would land outside the destination or is not a plain
+    file, folder or internal link (the guard of tarfile's "data" filter, on every Python version)."""
+    for m in tar.getmembers():
+        path = PurePosixPath(m.name)
+        if path.is_absolute() or ".." in path.parts:
+            raise DownloadError(f"{where}: member {m.name!r} points outside the destination; refusing to unpack")
+        if m.issym() or m.islnk():
+            target = PurePosixPath(m.linkname)
+            if target.is_absolute() or ".." in (path.parent / target).parts:
+                raise DownloadError(f"{where}: link {m.name!r} -> {m.linkname!r} leaves the destination")
+        elif not (m.isfile() or m.isdir()):
+            raise DownloadError(f"{where}: member {m.name!r} is a device or FIFO; refusing to unpack")
+        yield m
+
+
+def unpack(archive: Path, dest: Path) -> None:
+    """Unpack into a staging folder, then move its entries into ``dest``: an error leaves no partial files."""
+    staging = dest / f".{archive.name}.unpacking"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            members = list(_safe_members(tar, str(archive)))
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(staging, members=members, **kwargs)
+        for entry in staging.iterdir():
+            target = dest / entry.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(entry, target)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DownloadError(f"could not unpack {archive}: {type(e).__name__}: {e}. Delete it and rerun with "
+                            "--download to fetch it again") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def download(url: str, dest_dir) -> Path:
-    """Fetch and unpack the BAIR archive into ``dest_dir`` (only when --download is given)."""
+    """Fetch (unless already complete) and unpack the BAIR archive into ``dest_dir`` (only with --download)."""
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / Path(url).name
+    expected_size = KNOWN_ARCHIVES.get(url, (None, None))[0]
+    if archive.exists() and expected_size is not None and archive.stat().st_size != expected_size:
+        raise DownloadError(f"{archive} has {archive.stat().st_size} bytes, the archive has {expected_size}: "
+                            "delete it and rerun to fetch it again")
     if not archive.exists():
-        tmp = archive.with_suffix(".part")
-        with urllib.request.urlopen(url) as response, open(tmp, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="download") as bar:
-                while chunk := response.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        tmp.replace(archive)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
+        fetch(url, archive)
+    unpack(archive, dest)
     return dest
 
 
@@ -128,7 +204,7 @@ def main(argv=None):
             if args.download:
                 download(args.url, args.tfrecord_dir)
             counts = convert_tfrecords(args.tfrecord_dir, args.out_dir, args.camera)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     for split, n in sorted(counts.items()):

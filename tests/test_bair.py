@@ -162,3 +162,77 @@ def test_usage_errors(tmp_path):
     assert proc.returncode != 0 and "no *.tfrecords" in proc.stderr
     proc = convert("--use_tfds", "--out_dir", str(tmp_path / "o"))
     assert proc.returncode != 0 and "tensorflow" in proc.stderr
+
+
+class ArchiveServer:
+    """A local HTTP server for one archive; ``truncate`` sends half of it under the full Content-Length."""
+
+    def __init__(self, data: bytes):
+        import http.server
+        import threading
+
+        server_self = self
+        self.data, self.truncate, self.requests = data, True, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server_self.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server_self.data)))
+                self.end_headers()
+                body = server_self.data[: len(server_self.data) // 2] if server_self.truncate else server_self.data
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/bair.tar"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_a_truncated_download_is_detected_and_a_rerun_fetches_again(bair_dir, tmp_path):
+    root, _ = bair_dir
+    archive = tmp_path / "bair.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname="softmotion30_44k")
+    server = ArchiveServer(archive.read_bytes())
+    dest = tmp_path / "raw"
+    try:
+        args = ("--download", "--url", server.url, "--tfrecord_dir", str(dest), "--out_dir", str(tmp_path / "o"))
+        cut = convert(*args)
+        assert cut.returncode == 2 and "incomplete" in cut.stderr and "Traceback" not in cut.stderr
+        assert sorted(p.name for p in dest.iterdir()) == []  # nothing renamed into place, no partial file
+        server.truncate = False
+        again = convert(*args)
+        assert again.returncode == 0, again.stderr
+        assert server.requests == 2 and (dest / "bair.tar").is_file()
+        assert len(list((tmp_path / "o" / "train").glob("*.npz"))) == 4
+    finally:
+        server.close()
+
+
+def test_an_archive_member_outside_the_destination_is_refused(tmp_path):
+    import io
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    dest = tmp_path / "raw"
+    proc = convert("--download", "--url", archive.as_uri(), "--tfrecord_dir", str(dest), "--out_dir", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "points outside the destination" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_an_unreadable_archive_is_a_one_line_error(tmp_path):
+    dest = tmp_path / "raw"
+    src = tmp_path / "bad.tar"
+    src.write_bytes(b"this is not a tar archive" * 100)
+    proc = convert("--download", "--url", src.as_uri(), "--tfrecord_dir", str(dest), "--out_dir", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "could not unpack" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(dest.glob(".*unpacking"))
