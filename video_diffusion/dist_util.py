@@ -1,7 +1,13 @@
 """
-Distributed set-up for three launchers: ``mpiexec -n N`` (mpi4py), ``torchrun``, or one
-plain process. The result is a ``DistContext`` value passed to whoever needs it; no
-module-level state and no environment variables are written.
+Distributed set-up for four launchers: ``mpiexec -n N`` (mpi4py), ``torchrun``, SLURM's
+``srun`` (with or without PMI), or one plain process. The result is a ``DistContext``
+value passed to whoever needs it; no module-level state and no environment variables are
+written.
+
+Rendezvous address: ``MASTER_ADDR``/``MASTER_PORT`` when set, in every mode. Otherwise
+under MPI rank 0 offers its own address, never a loopback one when the ranks span
+several hosts (other nodes could not reach it); under srun, ``MASTER_ADDR`` is required
+(the first host of the job) and the port is derived from the job id.
 
 Rule kept throughout the code base: every rank calls every collective; rank checks
 guard only file writes and printing.
@@ -11,7 +17,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,7 +33,7 @@ class DistContext:
     local_rank: int
     local_world_size: int
     device: torch.device
-    launcher: str  # "single", "mpi" or "torchrun"
+    launcher: str  # "single", "mpi", "torchrun" or "slurm"
 
     @property
     def is_main(self) -> bool:
@@ -44,9 +50,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _host_address() -> str:
-    """This host's address as other nodes reach it."""
-    return socket.gethostbyname(socket.gethostname())
+def _outward_address() -> str:
+    """The address of the interface that routes off this host (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("10.255.255.255", 1))
+        return s.getsockname()[0]
+
+
+def host_address(multi_node: bool, resolve=None, outward=None) -> str:
+    """
+    This host's address for the other ranks: its name's address, or, when that is a loopback
+    address (127.0.1.1 on many distributions) and other hosts take part, the address of the
+    interface that routes off the host. A clear error when there is none.
+    """
+    resolve = resolve or (lambda: socket.gethostbyname(socket.gethostname()))
+    outward = outward or _outward_address
+    addr = resolve()
+    if not multi_node or not addr.startswith("127."):
+        return addr
+    try:
+        addr = outward()
+    except OSError:
+        addr = "127."
+    if addr.startswith("127."):
+        raise RuntimeError(f"this host's name resolves to a loopback address and no other address was found: set "
+                           f"MASTER_ADDR (and MASTER_PORT) to an address of {socket.gethostname()} that the other "
+                           "nodes reach")
+    return addr
+
+
+def _tasks_on_node(spec: str, node: int) -> int:
+    """SLURM_STEP_TASKS_PER_NODE '4(x2),3' -> the count of node ``node``."""
+    counts = []
+    for part in spec.split(","):
+        n, _, rep = part.partition("(x")
+        counts += [int(n)] * (int(rep.rstrip(")")) if rep else 1)
+    return counts[node] if node < len(counts) else 1
+
+
+def launch_from_env(env) -> Optional[dict]:
+    """
+    Rank, world and rendezvous of a torchrun or srun launch, read from ``env``; None when
+    neither launched this process (then MPI or a single process).
+    """
+    if "RANK" in env and "WORLD_SIZE" in env and "MASTER_ADDR" in env:  # torchrun
+        world = int(env["WORLD_SIZE"])
+        return dict(launcher="torchrun", rank=int(env["RANK"]), world=world, local_rank=int(env.get("LOCAL_RANK", 0)),
+                    local_world=int(env.get("LOCAL_WORLD_SIZE", world)), addr=env["MASTER_ADDR"],
+                    port=int(env.get("MASTER_PORT", 29500)))
+    if any(k in env for k in _MPI_ENV):
+        return None
+    if int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)) or 1) > 1 and "SLURM_PROCID" in env \
+            and "SLURM_STEP_ID" in env:  # srun without PMI (inside a job step: not the batch script itself)
+        if "MASTER_ADDR" not in env:
+            raise RuntimeError("srun started this process as one of several tasks but MASTER_ADDR is not set: "
+                               "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) "
+                               "in the job script (or launch with srun --mpi=pmi2 under mpi4py)")
+        world = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS")))
+        local_world = _tasks_on_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")),
+                                     int(env.get("SLURM_NODEID", 0)))
+        port = int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", 0)) % 20000)
+        return dict(launcher="slurm", rank=int(env["SLURM_PROCID"]), world=world,
+                    local_rank=int(env.get("SLURM_LOCALID", 0)), local_world=local_world, addr=env["MASTER_ADDR"],
+                    port=port)
+    return None
 
 
 def _device_for(local_rank: int, device: str) -> torch.device:
@@ -69,12 +136,11 @@ def setup_dist(device: str = "auto", timeout_minutes: int = 30) -> DistContext:
     :return: the DistContext of this rank (gloo on CPU, NCCL on GPU, one device per rank).
     """
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env and "MASTER_ADDR" in env:  # torchrun
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-        local_rank = int(env.get("LOCAL_RANK", 0))
-        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
-        init_method = f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
-        launcher = "torchrun"
+    launch = launch_from_env(env)
+    if launch is not None:  # torchrun or srun
+        rank, world, local_rank, local_world = (launch[k] for k in ("rank", "world", "local_rank", "local_world"))
+        init_method = f"tcp://{launch['addr']}:{launch['port']}"
+        launcher = launch["launcher"]
     elif any(k in env for k in _MPI_ENV):
         from mpi4py import MPI  # imported only under an MPI launcher
 
@@ -83,15 +149,30 @@ def setup_dist(device: str = "auto", timeout_minutes: int = 30) -> DistContext:
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
         local_rank, local_world = local.Get_rank(), local.Get_size()
         local.Free()
-        # Rank 0 picks the rendezvous address and a free port; every rank receives them.
-        addr_port = comm.bcast((_host_address(), _free_port()) if rank == 0 else None, root=0)
-        init_method = f"tcp://{addr_port[0]}:{addr_port[1]}"
+        multi_node = comm.allreduce(int(local_world < world), op=MPI.MAX) > 0
+        # Rank 0 picks the rendezvous address and port (MASTER_ADDR/PORT when set); every rank
+        # receives them, or rank 0's error, so that no rank waits for a rendezvous that never comes.
+        offer = None
+        if rank == 0:
+            try:
+                offer = (env.get("MASTER_ADDR") or host_address(multi_node), int(env.get("MASTER_PORT") or _free_port()))
+            except RuntimeError as e:
+                offer = str(e)
+        offer = comm.bcast(offer, root=0)
+        if isinstance(offer, str):
+            raise RuntimeError(offer)
+        init_method = f"tcp://{offer[0]}:{offer[1]}"
         launcher = "mpi"
     else:
         return DistContext(0, 1, 0, 1, _device_for(0, device), "single")
 
     dev = _device_for(local_rank, device)
     if world > 1:
+        addr = init_method[len("tcp://"):].rsplit(":", 1)[0]
+        try:  # an unknown name would otherwise be retried until the timeout
+            socket.getaddrinfo(addr, None)
+        except OSError as e:
+            raise RuntimeError(f"rendezvous address {addr!r} ({launcher}; MASTER_ADDR when set) does not resolve: {e}")
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
