@@ -25,8 +25,9 @@ from video_diffusion.atomic import write_image, write_json
 from video_diffusion.config import str2bool
 from video_diffusion.evaluation.quality import evaluate, format_table
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, describe_sampler, load_for_sampling, new_output_dir,
-                                        sample_options_from, sampling_diffusion, validate_options)
+from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, check_output_folder, describe_sampler,
+                                        load_for_sampling, new_output_dir, sample_options_from, sampling_diffusion,
+                                        validate_options)
 
 
 def build_parser():
@@ -46,6 +47,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     ctx = dist_util.setup_dist()
     try:
+        check_output_folder(args.out_dir, "--out_dir")  # before any sampling
         cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, args.ema_rate, ctx.device)
         opts = sample_options_from(args)
         validate_options(cfg, opts)

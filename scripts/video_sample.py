@@ -19,7 +19,8 @@ import time
 
 from video_diffusion import dist_util
 from video_diffusion.config import add_config_flags, given_fields
-from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, describe_sampler, gather_samples,
+from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, check_output_folder, describe_sampler,
+                                        gather_samples,
                                         generate, load_for_sampling, mp4_available, new_output_dir,
                                         sample_options_from, sampling_diffusion, save_previews, save_samples)
 
@@ -40,6 +41,7 @@ def main(argv=None):
     overrides = given_fields(args, groups=("model", "diffusion"))
     ctx = dist_util.setup_dist()
     try:
+        check_output_folder(args.out_dir, "--out_dir")  # before any sampling, not after
         cfg, model, weights = load_for_sampling(args.model_path, overrides, args.use_ema, args.ema_rate, ctx.device)
         opts = sample_options_from(args)
         steps = describe_sampler(opts, sampling_diffusion(cfg, opts))

@@ -41,12 +41,28 @@ def test_help_explains_every_flag():
     (["--preset", "tiny", "--learn_sigma", "maybe"], "--learn_sigma"),
     (["--preset", "tiny", "--ema_rate", "1.5"], "--ema_rate"),
     (["--preset", "tiny", "--noise_schedule", "linear", "--diffusion_steps", "10"], "--diffusion_steps"),
+    (["--preset", "tiny", "--seed", "-1"], "--seed must be a non-negative integer"),
+    (["--preset", "tiny", "--timestep_respacing", "ddimx"], "--timestep_respacing 'ddimx': 'ddimN' needs a step count"),
+    (["--preset", "tiny", "--attention_resolutions", "7"], "--attention_resolutions 7: the UNet never runs at 7"),
+    (["--preset", "tiny", "--dist_timeout", "0"], "--dist_timeout"),
 ])
 def test_impossible_flag_values_exit_non_zero_naming_the_flag(tmp_path, args, flag):
     proc = train(*args, "--log_dir", str(tmp_path / "run"))
     assert proc.returncode != 0
     assert flag in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_a_log_dir_or_out_dir_that_is_a_file_is_a_named_error(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    proc = train("--preset", "tiny", "--log_dir", str(tmp_path / "taken"))
+    assert proc.returncode == 2 and "--log_dir" in proc.stderr and "is a file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    for script in ("video_sample.py", "evaluate.py", "eval_bair.py"):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--model_path", str(tmp_path / "m.pt"),
+                               "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "taken" / "sub")],
+                              env=script_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "--out_dir" in proc.stderr and "is a file" in proc.stderr, (script, proc.stderr)
 
 
 def test_short_run_then_resume_from_the_run_directory(tmp_path):

@@ -10,6 +10,7 @@ rebuild the model from it instead of asking for the flags again.
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .masking import check_mask_config, parse_mask_range
@@ -211,7 +212,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if m.image_size % down:
         raise ValueError(f"--image_size {m.image_size} must be divisible by {down}, the total downsampling of "
                          f"--patch_size {m.patch_size} and --channel_mult {','.join(map(str, mult))}")
-    parse_int_list(m.attention_resolutions, "--attention_resolutions")
+    levels = [m.image_size // (m.patch_size * 2 ** i) for i in range(len(mult))]
+    unreached = [r for r in parse_int_list(m.attention_resolutions, "--attention_resolutions") if r not in levels]
+    if unreached:
+        raise ValueError(f"--attention_resolutions {m.attention_resolutions}: the UNet never runs at "
+                         f"{', '.join(map(str, unreached))} pixels; its levels are {', '.join(map(str, levels))} "
+                         f"(--image_size / --patch_size / 2^level)")
     if not 0.0 <= m.dropout < 1.0:
         raise ValueError(f"--dropout must lie in [0, 1), got {m.dropout}")
     if d.predict_xstart and d.predict_v:
@@ -246,6 +252,14 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("--sample_videos and --sample_steps must be >= 1")
     if t.grad_clip < 0:
         raise ValueError(f"--grad_clip must be >= 0, got {t.grad_clip}")
+    if t.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {t.seed}")
+    if t.log_dir:
+        for p in (Path(t.log_dir), *Path(t.log_dir).parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise ValueError(f"--log_dir {t.log_dir!r}: {str(p)!r} is a file, not a folder")
+                break
 
 
 # ---------------------------------------------------------------------- command line

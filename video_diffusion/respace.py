@@ -27,7 +27,10 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec.startswith("ddim"):
-            want = int(spec[len("ddim"):])
+            try:
+                want = int(spec[len("ddim"):])
+            except ValueError:
+                raise ValueError(f"--timestep_respacing {spec!r}: 'ddimN' needs a step count N, e.g. ddim50") from None
             for stride in range(1, num_timesteps + 1):
                 kept = set(range(0, num_timesteps, stride))
                 if len(kept) == want:

@@ -203,6 +203,8 @@ def validate_options(cfg: Config, opts: SampleOptions) -> None:
                              f"{seq_len} frames must hold its context and at least one new frame")
     if opts.eta < 0:
         raise ValueError(f"--eta must be >= 0, got {opts.eta}")
+    if opts.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {opts.seed}")
 
 
 def context_frames_of(cfg: Config, opts: SampleOptions) -> int:
