@@ -92,3 +92,17 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
                               env=script_env(), capture_output=True, text=True, timeout=240)
     assert relaunch.returncode == 0, relaunch.stdout + relaunch.stderr
     assert f"resumed from {ckpts[0]} at step {state['step']}" in (run / "log.txt").read_text()
+
+
+def test_fault_injection_script_short(tmp_path):
+    # the full study is 20 interruptions (the README's figures); three keep the script honest here
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fault_injection.py"), "--rounds", "3",
+                           "--max_steps", "40", "--save_interval", "5", "--seed", "3", "--work_dir", str(tmp_path / "w"),
+                           "--json", str(tmp_path / "f.json")],
+                          env=script_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+
+    summary = json.loads((tmp_path / "f.json").read_text())
+    assert summary["rounds"] == 3 and summary["final_state_equals_uninterrupted"] and summary["progress_rows_once"]
+    assert summary["max_steps_lost_sigterm"] == 0 and summary["max_steps_lost_sigkill"] <= 5
