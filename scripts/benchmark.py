@@ -11,7 +11,8 @@ Training: median seconds per optimizer step over --steps timed steps after --war
 fixed batch held in memory (data loading is measured by benchmark_data.py). Peak memory:
 max RSS of the process on CPU, max allocated on GPU. FLOPs per step: forward and backward
 of the network, counted by torch.utils.flop_counter. Sampling: seconds per video for
---sampling_batch videos with --sampler and --sampling_steps steps.
+--sampling_batch videos predicted from one frame with --sampler and --sampling_steps network
+evaluations, through the generation code of video_sample.py, in the run's --precision.
 """
 
 import argparse
@@ -26,12 +27,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from video_diffusion import dist_util
-from video_diffusion.build import create_diffusion
 from video_diffusion.config import add_config_flags, apply_overrides, config_from_args, validate
 from video_diffusion.data import create_dataset
 from video_diffusion.logger import RunLogger
-from video_diffusion.masking import prediction_mask
-from video_diffusion.sampling import sample
+from video_diffusion.sample_util import DEFAULT_DDIM_STEPS, SampleOptions, generate
+from video_diffusion.sampling import SAMPLERS
 from video_diffusion.train_util import build_train_loop
 
 
@@ -52,8 +52,10 @@ def main(argv=None):
     add_config_flags(p)
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"))
-    p.add_argument("--sampling_steps", type=int, default=50, help="sampling steps (respacing)")
+    p.add_argument("--sampler", default=SampleOptions.sampler, choices=tuple(SAMPLERS),
+                   help=f"sampler of the sampling measurement (default: {SampleOptions.sampler})")
+    p.add_argument("--sampling_steps", type=int, default=DEFAULT_DDIM_STEPS,
+                   help="network evaluations per video of the sampling measurement")
     p.add_argument("--sampling_batch", type=int, default=2, help="videos sampled together")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU, e.g. 989 (H100 bf16 dense)")
     p.add_argument("--smoke", action="store_true", help="1 warm-up, 2 timed steps, 2 sampling steps (for CI)")
@@ -94,18 +96,17 @@ def main(argv=None):
     s_per_step = statistics.median(times)
     train_peak = peak_memory_mb(device)
 
-    # sampling: prediction from the first frame, the model in inference mode
+    # sampling: 1 -> seq_len - 1 prediction through the generation path of video_sample.py
+    # (one rank's share of --sampling_batch videos), in the run's --precision
     model = loop.model.eval()
-    diffusion = create_diffusion(cfg, f"ddim{args.sampling_steps}" if args.sampler == "ddim" else str(args.sampling_steps))
     n = args.sampling_batch
-    shape = (n, batch["video"].shape[1], cfg.model.seq_len, cfg.model.image_size, cfg.model.image_size)
-    known = torch.stack([data[i]["video"] for i in range(n)]).to(device)
-    gens = [torch.Generator(device=device).manual_seed(i) for i in range(n)]
+    opts = SampleOptions(task="prediction", num_cond_frames=1, num_samples=n, batch_size=n, sampler=args.sampler,
+                         steps=args.sampling_steps, precision=cfg.train.precision)
+    # the given frames come from the embedded videos (same shape): timing needs no folder scan
+    sample_cfg = apply_overrides(cfg, {"data_dir": ""})
     sync(device)
     start = time.perf_counter()
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-        sample(diffusion, model, shape, gens, obs_mask=prediction_mask(n, cfg.model.seq_len, 1).to(device),
-               x_known=known, sampler=args.sampler, device=device)
+    generate(sample_cfg, model, opts, dist_util.DistContext(0, 1, 0, 1, device, "single"))
     sync(device)
     sample_s_per_video = (time.perf_counter() - start) / n
 
@@ -131,7 +132,7 @@ def main(argv=None):
             ("GFLOP per step", f"{flops_per_step / 1e9:.1f}"),
             ("achieved TFLOP/s", f"{achieved_tflops:.3f}"),
             ("MFU", f"{result['mfu']:.1%}" if result["mfu"] is not None else "(give --peak_tflops)"),
-            (f"sample s/video ({args.sampler}, {args.sampling_steps} steps, batch {n})", f"{sample_s_per_video:.2f}")]
+            (f"sample s/video ({args.sampler}, {args.sampling_steps} evaluations, batch {n}, {cfg.train.precision})", f"{sample_s_per_video:.2f}")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

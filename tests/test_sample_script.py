@@ -86,11 +86,16 @@ def test_a_second_run_never_overwrites_the_first(checkpoints, tmp_path):
 def test_default_sampler_is_ddim_50_and_ddpm_is_one_flag_away(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path / "d", "--num_samples", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "sampler ddim, 50 steps, eta 0" in proc.stdout
+    assert "sampler ddim, 50 steps (50 network evaluations), uniform grid, eta 0" in proc.stdout
     # the checkpoint has 50 diffusion steps: ddpm without --steps walks them all
     proc = sample(checkpoints["masked"], tmp_path / "p", "--num_samples", "1", "--sampler", "ddpm")
     assert proc.returncode == 0, proc.stderr
     assert "sampler ddpm, 50 steps" in proc.stdout
+    # a second-order solver spends --steps network evaluations: Heun takes two per step
+    proc = sample(checkpoints["masked"], tmp_path / "h", "--num_samples", "1", "--sampler", "heun", "--steps", "9",
+                  "--grid", "karras")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampler heun, 5 steps (9 network evaluations), karras grid" in proc.stdout
 
 
 def test_infill_and_generation(checkpoints, tmp_path):

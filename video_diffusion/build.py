@@ -1,5 +1,7 @@
 """Build the network and the diffusion process from a configuration."""
 
+import numpy as np
+
 from .config import Config, channel_mult_of, parse_int_list
 from .gaussian_diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, get_named_beta_schedule
 from .respace import SpacedDiffusion, space_timesteps
@@ -55,4 +57,5 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None) -> GaussianDif
                   min_snr_gamma=d.min_snr_gamma)
     if not respacing:
         return GaussianDiffusion(**kwargs)
-    return SpacedDiffusion(space_timesteps(d.diffusion_steps, respacing), **kwargs)
+    abar = np.cumprod(1.0 - kwargs["betas"])
+    return SpacedDiffusion(space_timesteps(d.diffusion_steps, respacing, abar), **kwargs)

@@ -229,8 +229,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"--diffusion_steps {d.diffusion_steps} is too few for the {d.noise_schedule} schedule "
                          "(beta reaches 1); use more steps or --noise_schedule cosine")
     if d.timestep_respacing:
+        import numpy as np
+
         from .respace import space_timesteps
-        space_timesteps(d.diffusion_steps, d.timestep_respacing)
+        space_timesteps(d.diffusion_steps, d.timestep_respacing,
+                        np.cumprod(1.0 - get_named_beta_schedule(d.noise_schedule, d.diffusion_steps)))
     check_mask_config(m.seq_len, mk.max_num_mask_frames, parse_mask_range(mk.mask_range, m.seq_len),
                       mk.uncondition_rate)
     if t.microbatch != -1 and not 1 <= t.microbatch <= t.batch_size:

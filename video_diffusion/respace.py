@@ -14,18 +14,53 @@ import torch
 from .gaussian_diffusion import GaussianDiffusion
 
 
-def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]]) -> Set[int]:
+def karras_timesteps(alphas_cumprod: np.ndarray, count: int, rho: float = 7.0) -> Set[int]:
+    """
+    ``count`` timesteps whose sigmas sqrt((1 - abar) / abar) follow Karras et al. (2022, eq. 5)
+    from the largest sigma to the smallest: each target sigma takes the nearest timestep not
+    yet taken (the last and the first timestep always), so exactly ``count`` are kept.
+    """
+    n = len(alphas_cumprod)
+    if not 1 <= count <= n:
+        raise ValueError(f"a Karras grid of {count} steps: need 1 <= steps <= {n}")
+    sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+    if count == 1:
+        return {n - 1}
+    ramp = np.linspace(0, 1, count)
+    lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
+    targets = (hi + ramp * (lo - hi)) ** rho
+    kept: Set[int] = set()
+    for k, target in enumerate(targets):
+        order = np.argsort(np.abs(np.log(sigmas) - np.log(target)))
+        # leave room: the remaining targets need distinct, smaller timesteps
+        free = [int(t) for t in order if int(t) not in kept and int(t) >= count - 1 - k
+                and (not kept or int(t) < min(kept))]
+        kept.add(free[0])
+    return kept
+
+
+def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]], alphas_cumprod=None) -> Set[int]:
     """
     Choose which base timesteps to keep.
 
     :param num_timesteps: steps of the base process.
-    :param section_counts: "ddimN" for N evenly strided steps (as DDIM), or a comma list
+    :param section_counts: "ddimN" for N evenly strided steps (as DDIM), "karrasN" for N
+        steps spaced as Karras et al.'s sigmas (rho = 7: dense at low noise), or a comma list
         "a,b,c" (or a list of ints) splitting the process into equal sections that keep
         a, b, c evenly spaced steps each; a single number N keeps N evenly spaced steps.
+    :param alphas_cumprod: the base process's alpha-bar (needed by "karrasN" only).
     :return: the set of kept base timesteps.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
+        if spec.startswith("karras"):
+            try:
+                want = int(spec[len("karras"):])
+            except ValueError:
+                raise ValueError(f"--timestep_respacing {spec!r}: 'karrasN' needs a step count N") from None
+            if alphas_cumprod is None:
+                raise ValueError("a 'karrasN' grid needs the process's alphas_cumprod")
+            return karras_timesteps(alphas_cumprod, want)
         if spec.startswith("ddim"):
             try:
                 want = int(spec[len("ddim"):])

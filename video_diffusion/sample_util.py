@@ -22,7 +22,7 @@ from .config import Config, apply_overrides, parse_int_list, str2bool, validate
 from .data import create_dataset, eval_shard, seed_of
 from .masking import frames_mask, prediction_mask, unconditional_mask
 from .nn import to_channels_last
-from .sampling import CONDITIONINGS, SAMPLERS, rollout, sample
+from .sampling import CONDITIONINGS, GRIDS, SAMPLERS, rollout, sample
 from .visualize import save_gif, strip
 
 TASKS = ("prediction", "infill", "generation")
@@ -46,11 +46,14 @@ class SampleOptions:
     samples_per_video: int = _opt(1, "samples drawn for each test video (best-of-k figures need k > 1)")
     batch_size: int = _opt(8, "videos per forward pass per rank")
     seed: int = _opt(0, "sample s of video v draws its noise from the seed (seed, v, s)")
-    sampler: str = _opt("ddim", "update rule: 'ddim' (deterministic with --eta 0) or 'ddpm' (ancestral)",
-                        choices=SAMPLERS)
-    steps: int = _opt(-1, "network evaluations per window: -1 = the sampler's default (ddim: "
-                          f"{DEFAULT_DDIM_STEPS}, ddpm: all diffusion steps), 0 = all diffusion steps")
+    sampler: str = _opt("ddim", "; ".join(f"'{k}': {v.help}" for k, v in SAMPLERS.items()), choices=tuple(SAMPLERS))
+    steps: int = _opt(-1, "network evaluations per window: -1 = the sampler's default (ddpm: all diffusion steps, "
+                          f"others: {DEFAULT_DDIM_STEPS}), 0 = all diffusion steps")
+    grid: str = _opt("uniform", "where the steps lie: 'uniform' in t (DDIM's strides for ddim), or 'karras' "
+                                "(Karras et al.'s sigma spacing, dense at low noise)", choices=GRIDS)
     eta: float = _opt(0.0, "DDIM noise scale (0 = deterministic)")
+    precision: str = _opt("fp32", "'fp32', or 'bf16' autocast of the network (GPU: about twice as fast)",
+                          choices=("fp32", "bf16"))
     conditioning: str = _opt("auto", "how given frames condition: 'mask' (trained with the frame mask), "
                                      "'replacement' (RaMViD's baseline for unconditional models); 'auto' picks "
                                      "from the training configuration", choices=("auto",) + CONDITIONINGS)
@@ -103,19 +106,26 @@ def sample_options_from(args, **fixed) -> SampleOptions:
 
 
 def sampling_respacing(opts: SampleOptions, num_timesteps: int) -> str:
-    """The timestep respacing that gives ``opts.steps`` network evaluations with ``opts.sampler``."""
+    """The timestep respacing (the step grid) that spends ``opts.steps`` network evaluations with ``opts.sampler``."""
     if opts.steps < -1:
         raise ValueError(f"--steps must be >= 1, or 0 (all steps) or -1 (the sampler's default), got {opts.steps}")
-    steps = opts.steps if opts.steps != -1 else (DEFAULT_DDIM_STEPS if opts.sampler == "ddim" else 0)
-    if steps == 0 or steps >= num_timesteps:
-        if steps > num_timesteps:
-            raise ValueError(f"--steps {steps} exceeds the model's {num_timesteps} diffusion steps")
+    if opts.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {opts.sampler!r}")
+    evaluations = opts.steps if opts.steps != -1 else (0 if opts.sampler == "ddpm" else DEFAULT_DDIM_STEPS)
+    if evaluations > num_timesteps * (2 if opts.sampler == "heun" else 1):
+        raise ValueError(f"--steps {evaluations} exceeds the model's {num_timesteps} diffusion steps")
+    steps = SAMPLERS[opts.sampler].steps_for(evaluations) if evaluations else num_timesteps
+    if opts.grid == "karras":
+        return f"karras{min(steps, num_timesteps)}"
+    if steps >= num_timesteps:
         return ""
     return f"ddim{steps}" if opts.sampler == "ddim" else str(steps)
 
 
 def describe_sampler(opts: SampleOptions, diffusion) -> str:
-    text = f"{opts.sampler}, {diffusion.num_timesteps} steps"
+    spec = SAMPLERS[opts.sampler]
+    steps = diffusion.num_timesteps
+    text = f"{opts.sampler}, {steps} steps ({spec.evaluations(steps)} network evaluations), {opts.grid} grid"
     if opts.sampler == "ddim":
         text += f", eta {opts.eta:g}"
     return text
@@ -291,10 +301,11 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
         mask = task_mask(opts.task, n, seq_len, opts.num_cond_frames, opts.cond_frames).to(ctx.device)
 
         def window(x_known, obs_mask, _w=None):
-            return sample(diffusion, model, (n, channels, seq_len, size, size), gens, obs_mask=obs_mask,
-                          x_known=x_known, sampler=opts.sampler, eta=opts.eta, conditioning=conditioning,
-                          resample_steps=opts.resample_steps, guidance_scale=opts.guidance_scale,
-                          model_kwargs=model_kwargs, device=ctx.device)
+            with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=opts.precision == "bf16"):
+                return sample(diffusion, model, (n, channels, seq_len, size, size), gens, obs_mask=obs_mask,
+                              x_known=x_known, sampler=opts.sampler, eta=opts.eta, conditioning=conditioning,
+                              resample_steps=opts.resample_steps, guidance_scale=opts.guidance_scale,
+                              model_kwargs=model_kwargs, device=ctx.device).float()
 
         if num_frames <= seq_len:
             videos = window(gt, mask)

@@ -1,15 +1,23 @@
 """
-Samplers: small functions over a diffusion process and a network.
+Samplers: small functions over a denoiser.
 
-One loop serves every task. ``obs_mask`` [N, T] marks the given frames and ``x_known``
-holds them; how they condition the model is the ``conditioning`` option:
+``make_denoiser`` is the seam between the network and every sampler: from the diffusion
+process, the network, the given frames and their mask, the guidance scale and the model
+kwargs it builds ``D(x, i)``, the network's prediction of the clean video (and of the
+noise, and of the reverse-step Gaussian) at step i of the (respaced) process. It pastes
+the given frames, maps step indices to the network's timesteps, applies guidance and
+converts the network's parameterisation; it is the only caller of the network while
+sampling. A sampler is a function ``(denoiser, x_T, diffusion, noise_fn, callback, **options)
+-> x_0`` registered in ``SAMPLERS``; every script takes its choices from that table.
+
+How given frames condition the model is the ``conditioning`` option:
 
 - "mask": the model was trained with the random frame mask. Given frames stay clean in
-  x_t at every step and the model is told which they are (the method of this project).
+  x_t at every call and the model is told which they are (the method of this project).
 - "replacement": for models trained without the mask (RaMViD's baseline, "reconstruction
-  by replacement"). The model sees an unconditional problem; at each step the given
-  frames are noised to the current level and pasted in, and with ``resample_steps`` R > 1
-  each step is repeated R times, re-noising x_{t-1} back to x_t in between.
+  by replacement"). The model sees an unconditional problem; at each call the given frames
+  are noised to the current level and pasted in. With ``resample_steps`` R > 1 each step
+  is repeated R times, re-noising x_{t-1} back to x_t in between (first-order samplers).
 
 Classifier-free guidance on the frame conditioning (``guidance_scale`` w) mixes the
 prediction given the frames with the prediction given none:
@@ -17,18 +25,24 @@ prediction given the frames with the prediction given none:
 so w = 1 is plain conditional sampling (and skips the second pass), w > 1 follows the
 given frames more strongly, w = 0 ignores them.
 
+The step grid is the respaced process's kept timesteps (``respace.space_timesteps``):
+uniform in t, or Karras et al.'s sigma spacing (``karrasN``).
+
 Randomness is per video: ``generators`` holds one generator per video, so a video's
 result depends on its own seed only, not on the batch it shares or the number of ranks.
 """
 
-from typing import Callable, Optional, Sequence
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
 from .gaussian_diffusion import GaussianDiffusion, frames_to_elements
 
-SAMPLERS = ("ddpm", "ddim")
 CONDITIONINGS = ("mask", "replacement")
+
+Denoiser = Callable[[torch.Tensor, int], Dict[str, torch.Tensor]]
 
 
 def randn_per_video(generators: Sequence[torch.Generator], shape, device) -> torch.Tensor:
@@ -36,36 +50,168 @@ def randn_per_video(generators: Sequence[torch.Generator], shape, device) -> tor
     return torch.stack([torch.randn(shape, generator=g, device=g.device).to(device) for g in generators])
 
 
-def _guided_output(diffusion, model, x, t, obs, x_known, conditioning, guidance_scale, model_kwargs, noise_fn):
-    """The network output at (x, t), with the frame conditioning and guidance applied."""
+def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.Tensor, obs_mask: torch.Tensor, *,
+                  conditioning: str = "mask", guidance_scale: float = 1.0, model_kwargs=None,
+                  clip_denoised: bool = True, noise_fn: Callable = None) -> Denoiser:
+    """
+    ``D(x, i)``: the network's predictions at step ``i`` of ``diffusion`` for the current
+    sample ``x`` (its given frames are replaced here, whatever x holds there).
+
+    :param x_known: [N, C, T, H, W] holding the given frames (other frames ignored).
+    :param obs_mask: [N, T] float, 1 = given frame.
+    :param noise_fn: () -> fresh noise like x (replacement noises the given frames with it).
+    :return: a function (x, i) -> dict(pred_xstart, eps, mean, log_variance, x) where x is
+        the input the network saw.
+    """
     kwargs = model_kwargs or {}
-    zeros = torch.zeros_like(obs)
-    if conditioning == "replacement":
-        return model(x, diffusion.model_timesteps(t), obs_mask=zeros, **kwargs)
-    cond = model(x, diffusion.model_timesteps(t), obs_mask=obs, **kwargs)
-    if guidance_scale == 1.0 or not obs.any():
-        return cond
-    # The unconditional pass must not see the given frames clean: noise them to level t.
-    observed = frames_to_elements(obs).bool()
-    x_uncond = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
-    uncond = model(x_uncond, diffusion.model_timesteps(t), obs_mask=zeros, **kwargs)
-    c = x.shape[1]
-    mean = uncond[:, :c] + guidance_scale * (cond[:, :c] - uncond[:, :c])
-    return torch.cat([mean, cond[:, c:]], dim=1)  # a learned variance comes from the conditional pass
+    observed = frames_to_elements(obs_mask).bool()
+    zeros = torch.zeros_like(obs_mask)
+
+    def denoise(x: torch.Tensor, i: int) -> Dict[str, torch.Tensor]:
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        net_t = diffusion.model_timesteps(t)
+        with torch.inference_mode():
+            if conditioning == "replacement":
+                x = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
+                output = model(x, net_t, obs_mask=zeros, **kwargs)
+            else:
+                x = torch.where(observed, x_known, x)
+                output = model(x, net_t, obs_mask=obs_mask, **kwargs)
+                if guidance_scale != 1.0 and obs_mask.any():
+                    # the unconditional pass must not see the given frames clean: noise them to level t
+                    x_uncond = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
+                    uncond = model(x_uncond, net_t, obs_mask=zeros, **kwargs)
+                    c = x.shape[1]
+                    mean = uncond[:, :c] + guidance_scale * (output[:, :c] - uncond[:, :c])
+                    output = torch.cat([mean, output[:, c:]], dim=1)  # a learned variance: the conditional pass's
+            out = diffusion.output_to_mean_variance(output, x, t, clip_denoised)
+            out["eps"] = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
+            out["x"] = x
+        return out
+
+    return denoise
 
 
-def _step(diffusion, out, x, t, sampler, eta, noise):
-    """One reverse step x_t -> x_{t-1} from the network's mean/variance prediction."""
-    nonzero = (t != 0).float().reshape(-1, *([1] * (x.ndim - 1)))
-    if sampler == "ddpm":
-        return out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
-    # DDIM (Song et al. 2021), eq. 12; eta = 0 is deterministic, eta = 1 matches DDPM's variance.
-    eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
-    abar = diffusion.extract("alphas_cumprod", t, x.ndim)
-    abar_prev = diffusion.extract("alphas_cumprod_prev", t, x.ndim)
-    sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-    mean = out["pred_xstart"] * torch.sqrt(abar_prev) + torch.sqrt((1 - abar_prev - sigma ** 2).clamp(min=0)) * eps
-    return mean + nonzero * sigma * noise
+# ---------------------------------------------------------------------- the samplers
+def _abar(diffusion, i: int) -> float:
+    """alpha-bar of step i; 1 (no noise) below step 0."""
+    return float(diffusion.alphas_cumprod[i]) if i >= 0 else 1.0
+
+
+def _first_order(step: Callable, denoiser: Denoiser, x, diffusion, noise_fn, callback, resample_steps: int = 1):
+    """The loop of the one-evaluation-per-step samplers, with RePaint-style resampling (R > 1):
+    after a step, x_{t-1} is noised back to level t and the step repeated."""
+    for i in reversed(range(diffusion.num_timesteps)):
+        for r in range(resample_steps):
+            out = denoiser(x, i)
+            x_prev = step(out, i)
+            if r < resample_steps - 1 and i > 0:
+                beta = float(diffusion.betas[i])  # q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t)
+                x = math.sqrt(1 - beta) * x_prev + math.sqrt(beta) * noise_fn()
+            else:
+                x = x_prev
+                break
+        if callback is not None:
+            callback({"x": x, "i": i, "pred_xstart": out["pred_xstart"]})
+    return x
+
+
+def sample_ddpm(denoiser: Denoiser, x, diffusion, noise_fn, callback=None, resample_steps: int = 1):
+    """Ancestral sampling: x_{t-1} ~ p(x_{t-1} | x_t), the network's reverse-step Gaussian."""
+    def step(out, i):
+        return out["mean"] + torch.exp(0.5 * out["log_variance"]) * noise_fn() if i > 0 else out["mean"]
+    return _first_order(step, denoiser, x, diffusion, noise_fn, callback, resample_steps)
+
+
+def sample_ddim(denoiser: Denoiser, x, diffusion, noise_fn, callback=None, eta: float = 0.0, resample_steps: int = 1):
+    """DDIM (Song et al. 2021, eq. 12); eta = 0 is deterministic, eta = 1 has DDPM's posterior variance."""
+    def step(out, i):
+        abar, abar_prev = _abar(diffusion, i), _abar(diffusion, i - 1)
+        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        mean = out["pred_xstart"] * math.sqrt(abar_prev) + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * out["eps"]
+        return mean + sigma * noise_fn() if i > 0 and sigma > 0 else mean
+    return _first_order(step, denoiser, x, diffusion, noise_fn, callback, resample_steps)
+
+
+def sample_dpmpp_2m(denoiser: Denoiser, x, diffusion, noise_fn=None, callback=None):
+    """
+    DPM-Solver++(2M) (Lu et al. 2022): a second-order multistep solver of the probability-flow
+    ODE in log-SNR lambda = log(alpha / sigma), on the data prediction; it reuses the previous
+    step's prediction, so each step costs one network evaluation. The first step is first
+    order (it is DDIM), and the last lands on the prediction of x_0.
+    """
+    prev, h_prev = None, None
+    for i in reversed(range(diffusion.num_timesteps)):
+        out = denoiser(x, i)
+        x0 = out["pred_xstart"]
+        if i == 0:
+            x = x0
+        else:
+            abar, abar_next = _abar(diffusion, i), _abar(diffusion, i - 1)
+            alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
+            alpha_n, sigma_n = math.sqrt(abar_next), math.sqrt(1 - abar_next)
+            h = math.log(alpha_n / sigma_n) - math.log(alpha / sigma)
+            d = x0
+            if prev is not None:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev
+            x = (sigma_n / sigma) * x - alpha_n * math.expm1(-h) * d
+            prev, h_prev = x0, h
+        if callback is not None:
+            callback({"x": x, "i": i, "pred_xstart": x0})
+    return x
+
+
+def sample_heun(denoiser: Denoiser, x, diffusion, noise_fn=None, callback=None):
+    """
+    Heun's second-order method on the probability-flow ODE in EDM's variables (Karras et al.
+    2022): y = x / alpha = x_0 + sigma eps with sigma = sqrt((1 - abar) / abar), dy/dsigma = eps.
+    Each step from step i to i - 1 evaluates the network at both ends (two evaluations);
+    the last, from step 0 to sigma = 0, is one Euler step onto the prediction of x_0.
+    So S kept steps cost 2 S - 1 network evaluations.
+    """
+    def sig(i):
+        a = _abar(diffusion, i)
+        return math.sqrt((1 - a) / a)
+
+    for i in reversed(range(diffusion.num_timesteps)):
+        out = denoiser(x, i)
+        if i == 0:
+            x = out["pred_xstart"]
+        else:
+            alpha, alpha_n = math.sqrt(_abar(diffusion, i)), math.sqrt(_abar(diffusion, i - 1))
+            s, s_n = sig(i), sig(i - 1)
+            y = x / alpha
+            d = (y - out["pred_xstart"]) / s
+            y_euler = y + (s_n - s) * d
+            out_n = denoiser(y_euler * alpha_n, i - 1)
+            d_n = (y_euler - out_n["pred_xstart"]) / s_n
+            x = (y + (s_n - s) * (d + d_n) / 2) * alpha_n
+        if callback is not None:
+            callback({"x": x, "i": i, "pred_xstart": out["pred_xstart"]})
+    return x
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    fn: Callable
+    help: str
+    evaluations: Callable[[int], int]  # network evaluations of S kept steps (per window, no guidance)
+    steps_for: Callable[[int], int]  # kept steps that spend a budget of E evaluations
+    first_order: bool  # accepts --resample_steps > 1 (replacement with resampling)
+    default_grid: str = "uniform"
+
+
+SAMPLERS: Dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(sample_ddpm, "ancestral (stochastic), the network's reverse-step Gaussian",
+                        lambda s: s, lambda e: e, True),
+    "ddim": SamplerSpec(sample_ddim, "DDIM, deterministic with --eta 0", lambda s: s, lambda e: e, True),
+    "dpmpp_2m": SamplerSpec(sample_dpmpp_2m, "DPM-Solver++(2M), second-order multistep, deterministic",
+                            lambda s: s, lambda e: e, False),
+    "heun": SamplerSpec(sample_heun, "Heun (EDM), second order, two evaluations per step, deterministic",
+                        lambda s: 2 * s - 1, lambda e: max(1, (e + 1) // 2), False),
+}
+GRIDS = ("uniform", "karras")
 
 
 def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Sequence[torch.Generator], *,
@@ -74,7 +220,8 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
            guidance_scale: float = 1.0, clip_denoised: bool = True, model_kwargs=None,
            callback: Optional[Callable] = None, progress: bool = False, device=None) -> torch.Tensor:
     """
-    Generate videos, holding the given frames fixed.
+    Generate videos, holding the given frames fixed: ``sampler`` walks every step of
+    ``diffusion`` (respace it to choose the grid and the number of steps).
 
     :param diffusion: the (possibly respaced) diffusion process.
     :param model: the network, called as model(x, t, obs_mask=..., **model_kwargs).
@@ -82,25 +229,31 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
     :param generators: one torch.Generator per video (its own seed).
     :param obs_mask: [N, T], 1 = given frame; None = unconditional.
     :param x_known: [N, C, T, H, W] holding the given frames (other frames ignored).
-    :param sampler: "ddpm" (ancestral) or "ddim".
+    :param sampler: a key of ``SAMPLERS``.
     :param eta: DDIM noise scale (0 = deterministic).
     :param conditioning: "mask" or "replacement" (see the module docstring).
     :param resample_steps: R, repetitions of each step under replacement (1 = plain replacement).
     :param guidance_scale: w of the frame guidance (1 = none).
-    :param callback: called after every step with dict(x, t, pred_xstart, i).
-    :param progress: show a tqdm bar over the steps.
+    :param callback: called after every step with dict(x, i, pred_xstart).
+    :param progress: show a tqdm bar over the network evaluations.
     :return: [N, C, T, H, W] videos in [-1, 1]; given frames equal x_known exactly.
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+    spec = SAMPLERS[sampler]
     if conditioning not in CONDITIONINGS:
         raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
     if resample_steps < 1:
         raise ValueError(f"--resample_steps must be >= 1, got {resample_steps}")
     if resample_steps > 1 and conditioning != "replacement":
         raise ValueError("--resample_steps > 1 applies to replacement conditioning only")
+    if resample_steps > 1 and not spec.first_order:
+        raise ValueError(f"--resample_steps > 1 re-noises after each step, which a multistep or two-evaluation "
+                         f"solver cannot do: use --sampler ddpm or ddim (not {sampler})")
     if guidance_scale != 1.0 and conditioning != "mask":
         raise ValueError("--guidance_scale needs a model trained with the frame mask (conditioning 'mask')")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"--eta applies to --sampler ddim only (got --sampler {sampler})")
     n = shape[0]
     if len(generators) != n:
         raise ValueError(f"need one generator per video: {n} videos, {len(generators)} generators")
@@ -114,32 +267,23 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
     def noise_fn():
         return randn_per_video(generators, shape[1:], device)
 
-    x = noise_fn()
-    steps = list(range(diffusion.num_timesteps))[::-1]
+    denoiser = make_denoiser(diffusion, model, x_known, obs, conditioning=conditioning,
+                             guidance_scale=guidance_scale, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
+                             noise_fn=noise_fn)
     if progress:
         from tqdm import tqdm
-        steps = tqdm(steps, desc="sampling", leave=False)
-    for i in steps:
-        t = torch.full((n,), i, device=device, dtype=torch.long)
-        for r in range(resample_steps):
-            if conditioning == "mask":
-                x = torch.where(observed, x_known, x)
-            else:
-                x = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
-            with torch.inference_mode():
-                output = _guided_output(diffusion, model, x, t, obs, x_known, conditioning, guidance_scale,
-                                        model_kwargs, noise_fn)
-                out = diffusion.output_to_mean_variance(output, x, t, clip_denoised)
-            x_prev = _step(diffusion, out, x, t, sampler, eta, noise_fn())
-            if r < resample_steps - 1 and i > 0:
-                # back to level t: q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t)
-                beta = diffusion.extract("betas", t, x.ndim)
-                x = torch.sqrt(1 - beta) * x_prev + torch.sqrt(beta) * noise_fn()
-            else:
-                x = x_prev
-                break
-        if callback is not None:
-            callback({"x": x, "t": t, "pred_xstart": out["pred_xstart"], "i": i})
+        bar = tqdm(total=spec.evaluations(diffusion.num_timesteps) * resample_steps, desc="sampling", leave=False)
+        inner = denoiser
+
+        def denoiser(x, i):  # noqa: F811 - the same denoiser, counted
+            bar.update(1)
+            return inner(x, i)
+    options = {"eta": eta} if sampler == "ddim" else {}
+    if spec.first_order:
+        options["resample_steps"] = resample_steps
+    x = spec.fn(denoiser, noise_fn(), diffusion, noise_fn, callback, **options)
+    if progress:
+        bar.close()
     return torch.where(observed, x_known, x.clamp(-1, 1))
 
 

@@ -1,0 +1,127 @@
+"""The sampler table: every sampler over the one denoiser seam, on exact denoisers with known answers."""
+
+import argparse
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, micro_config, script_env
+from video_diffusion.build import create_diffusion
+from video_diffusion.masking import frames_mask, prediction_mask
+from video_diffusion.respace import karras_timesteps
+from video_diffusion.sampling import SAMPLERS, sample
+
+SHAPE = (2, 3, 6, 8, 8)
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed * 1000 + i) for i in range(n)]
+
+
+def respacing_for(sampler, evaluations, grid="uniform"):
+    steps = SAMPLERS[sampler].steps_for(evaluations)
+    return f"karras{steps}" if grid == "karras" else str(steps)
+
+
+class GivenFrameOracle:
+    """
+    Knows that the clean video repeats the given frame in every frame, and reads that frame
+    from its input (so it sees exactly what the sampler pasted there). Outputs x_0.
+    """
+
+    def __call__(self, x, t, obs_mask=None):
+        first = obs_mask.float().argmax(dim=1)  # the given frame of each video
+        frame = x[torch.arange(x.shape[0]), :, first]  # [N, C, H, W] read from the input
+        return frame[:, :, None].expand_as(x).clone()
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("grid", ["uniform", "karras"])
+def test_the_given_frames_reach_the_network_at_every_step(sampler, grid):
+    # Without the in-loop paste the oracle would read noise at the given frame and the
+    # generated frames would be noise: the final paste alone cannot hide it.
+    cfg = micro_config(predict_xstart=True, diffusion_steps=100, timestep_respacing=respacing_for(sampler, 8, grid))
+    x_known = torch.rand(SHAPE) * 1.6 - 0.8
+    mask = frames_mask(2, 6, [2])
+    out = sample(create_diffusion(cfg), GivenFrameOracle(), SHAPE, gens(2), obs_mask=mask, x_known=x_known,
+                 sampler=sampler)
+    want = x_known[:, :, 2:3].expand_as(out)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_the_network_receives_the_given_data_at_every_call(sampler):
+    cfg = micro_config(diffusion_steps=100, timestep_respacing=respacing_for(sampler, 6))
+    x_known = torch.rand(SHAPE) * 2 - 1
+    mask = prediction_mask(2, 6, 2)
+    calls = []
+
+    def recording(x, t, obs_mask=None):
+        assert torch.equal(obs_mask, mask)
+        assert torch.equal(x[:, :, :2], x_known[:, :, :2]), "the given frames differ from the data"
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    sample(create_diffusion(cfg), recording, SHAPE, gens(2), obs_mask=mask, x_known=x_known, sampler=sampler)
+    assert len(calls) == SAMPLERS[sampler].evaluations(create_diffusion(cfg).num_timesteps)
+    assert calls[0] == 99  # the network sees base-process timesteps, from the noisiest
+
+
+def gaussian_denoiser(mu, s, base_abar):
+    """The exact x_0 predictor of Gaussian data N(mu, s^2): E[x_0 | x_t] in closed form."""
+    def model(x, t, obs_mask=None):
+        abar = base_abar[t].reshape(-1, 1, 1, 1, 1)
+        gain = abar.sqrt() * s ** 2 / (abar * s ** 2 + 1 - abar)
+        return mu + gain * (x - abar.sqrt() * mu)
+    return model
+
+
+def test_solvers_agree_with_ddim_as_steps_grow_and_the_second_order_ones_converge_faster():
+    base = micro_config(predict_xstart=True, diffusion_steps=1000, noise_schedule="cosine")
+    abar = torch.tensor(create_diffusion(base).alphas_cumprod, dtype=torch.float32)
+    torch.manual_seed(0)
+    mu, s = torch.rand(SHAPE) * 0.4 - 0.2, 0.3
+    model = gaussian_denoiser(mu, s, abar)
+
+    def run(sampler, respacing):
+        cfg = micro_config(predict_xstart=True, diffusion_steps=1000, noise_schedule="cosine",
+                           timestep_respacing=respacing)
+        return sample(create_diffusion(cfg), model, SHAPE, gens(2), sampler=sampler, clip_denoised=False)
+
+    reference = run("heun", "")  # every step, second order: the probability-flow ODE's solution
+    err = {name: [float((run(name, r) - reference).abs().max()) for r in grids]
+           for name, grids in (("ddim", ["20", "100", "500"]), ("dpmpp_2m", ["20", "100", "500"]),
+                               ("heun", ["11", "51", "251"]))}
+    for name, e in err.items():
+        assert e[0] > e[1] > e[2], (name, e)  # every solver approaches the same limit
+    assert err["ddim"][2] < 0.01 and err["dpmpp_2m"][2] < 1e-3 and err["heun"][2] < 1e-3, err
+    # from about 100 to about 500 evaluations: first order gains ~5x, second order ~25x
+    assert err["ddim"][1] / err["ddim"][2] < 8, err
+    assert err["dpmpp_2m"][1] / err["dpmpp_2m"][2] > 15 and err["heun"][1] / err["heun"][2] > 15, err
+
+
+def test_karras_grid():
+    abar = create_diffusion(micro_config(diffusion_steps=1000)).alphas_cumprod
+    for count in (1, 5, 20, 100, 1000):
+        kept = sorted(karras_timesteps(abar, count))
+        assert len(kept) == count and kept[-1] == 999 and (count == 1 or kept[0] == 0)
+    kept = sorted(karras_timesteps(abar, 20))
+    gaps = np.diff(kept)
+    assert gaps[0] < gaps[-1]  # dense at low noise, sparse at high noise
+
+
+def choices_of(script):
+    text = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"], env=script_env(),
+                          capture_output=True, text=True, timeout=120).stdout
+    flat = " ".join(text.split())
+    start = flat.index("--sampler {") + len("--sampler {")
+    return tuple(flat[start:flat.index("}", start)].split(","))
+
+
+@pytest.mark.parametrize("script", ["video_sample.py", "evaluate.py", "eval_bair.py", "benchmark.py"])
+def test_every_script_takes_its_sampler_choices_from_the_table(script):
+    assert choices_of(script) == tuple(SAMPLERS)
