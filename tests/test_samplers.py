@@ -1,7 +1,5 @@
 """The sampler table: every sampler over the one denoiser seam, on exact denoisers with known answers."""
 
-import argparse
-import math
 import subprocess
 import sys
 
