@@ -106,3 +106,20 @@ def test_fault_injection_script_short(tmp_path):
     summary = json.loads((tmp_path / "f.json").read_text())
     assert summary["rounds"] == 3 and summary["final_state_equals_uninterrupted"] and summary["progress_rows_once"]
     assert summary["max_steps_lost_sigterm"] == 0 and summary["max_steps_lost_sigkill"] <= 5
+
+
+def test_a_process_with_live_workers_that_ignore_stop_signals_still_exits(tmp_path):
+    # Workers ignore SIGTERM (the main process needs them to finish its step); at exit
+    # multiprocessing stops children with SIGTERM and waits, so without the exit hook that
+    # kills them the process would hang here forever.
+    script = tmp_path / "keep_loop.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from conftest import micro_config\n"
+        "from test_training import loop_for\n"
+        f"loop = loop_for(micro_config(None, log_dir={str(tmp_path / 'run')!r}, num_workers=1))\n"
+        "loop.run_step(next(loop.data))\n"
+        "KEEP = loop  # still referenced at exit, as a failed test's frames would be\n")
+    proc = subprocess.run([sys.executable, str(script)], env=script_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from ..preemption import ignore_stop_signals
+from ..preemption import ignore_stop_signals, kill_workers_at_exit
 from .folder import VideoFolder
 from .sampler import TrainBatchSampler, eval_shard, seed_of
 from .synthetic import MovingDigits
@@ -50,6 +50,8 @@ def train_loader(dataset, batch_size: int, rank: int, world_size: int, seed: int
                  num_workers: int, pin_memory: bool = False):
     """An infinite iterator over this rank's batches, starting at ``start_step``."""
     sampler = TrainBatchSampler(len(dataset), batch_size, rank, world_size, seed, start_step)
+    if num_workers > 0:
+        kill_workers_at_exit()
     # An explicit generator keeps the DataLoader from drawing its worker seed from the
     # global RNG, which would shift the dropout stream of a resumed run.
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,

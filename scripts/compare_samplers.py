@@ -1,0 +1,133 @@
+"""
+Sampler quality against network evaluations, on one checkpoint and one task.
+
+    python scripts/compare_samplers.py --model_path runs/small/ckpt_0005500.pt --num_cond_frames 2
+
+For every sampler, grid and budget of network evaluations per video it samples the same
+test videos with the same seeds (through the generation code of video_sample.py) and
+reports, over the generated frames:
+- PSNR / SSIM against the ground truth, mean over videos, as mean +- std over --seeds;
+- PSNR against the converged sample of the same noise (--reference_sampler with
+  --reference_evaluations): how well the solver solved its equation, whatever the model's
+  quality (ancestral DDPM solves another equation: its figure there is only a spread).
+The table goes to stdout and, with --out_dir, to samplers.md and samplers.json (every figure).
+Time it on an otherwise idle machine: the seconds per video are part of the table.
+"""
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from video_diffusion import dist_util
+from video_diffusion.atomic import write_atomically, write_json
+from video_diffusion.evaluation.quality import frame_scores
+from video_diffusion.sample_util import (SampleOptions, add_checkpoint_flags, generate, load_for_sampling,
+                                        validate_options)
+from video_diffusion.sampling import GRIDS, SAMPLERS
+
+
+def parse_list(text, kind, flag):
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated values, got {text!r}") from None
+
+
+def run(cfg, model, opts, ctx):
+    start = time.perf_counter()
+    out, _, _ = generate(cfg, model, opts, ctx)
+    seconds = time.perf_counter() - start
+    keys = sorted(out)
+    return [out[k] for k in keys], seconds / len(keys)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    add_checkpoint_flags(p, out_dir="")
+    p.add_argument("--num_cond_frames", type=int, default=2, help="prediction: the first c frames are given")
+    p.add_argument("--num_samples", type=int, default=32, help="held-out test videos")
+    p.add_argument("--batch_size", type=int, default=32, help="videos per forward pass")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated samplers to compare")
+    p.add_argument("--grids", default="uniform,karras", help=f"comma-separated grids ({', '.join(GRIDS)})")
+    p.add_argument("--evaluations", default="5,10,20,50,100", help="network evaluations per video to try")
+    p.add_argument("--seeds", default="0,1,2", help="sampling seeds (the spread is over them)")
+    p.add_argument("--reference_sampler", default="dpmpp_2m", choices=tuple(SAMPLERS),
+                   help="the converged sample: this sampler with --reference_evaluations")
+    p.add_argument("--reference_evaluations", type=int, default=250,
+                   help="network evaluations of the converged sample (0 = every diffusion step)")
+    args = p.parse_args(argv)
+    ctx = dist_util.setup_dist()
+    try:
+        if ctx.distributed:
+            raise ValueError("run this comparison as one process (it times each sampler)")
+        samplers = parse_list(args.samplers, str, "--samplers")
+        grids = parse_list(args.grids, str, "--grids")
+        budgets = parse_list(args.evaluations, int, "--evaluations")
+        seeds = parse_list(args.seeds, int, "--seeds")
+        bad = [s for s in samplers if s not in SAMPLERS] + [g for g in grids if g not in GRIDS]
+        if bad:
+            raise ValueError(f"unknown sampler or grid: {bad}")
+        cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, args.ema_rate, ctx.device)
+        base = SampleOptions(task="prediction", num_cond_frames=args.num_cond_frames, num_samples=args.num_samples,
+                             batch_size=args.batch_size)
+        validate_options(cfg, base)
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    print(f"{args.model_path} ({weights}): {args.num_samples} held-out videos, {args.num_cond_frames} -> "
+          f"{cfg.model.seq_len - args.num_cond_frames}, seeds {seeds}", flush=True)
+
+    references = {}
+    for seed in seeds:  # the converged sample of each seed's noise
+        opts = dataclasses.replace(base, sampler=args.reference_sampler, steps=args.reference_evaluations, seed=seed)
+        references[seed], _ = run(cfg, model, opts, ctx)
+    rows = []
+    configs = [(s, g, e) for s in samplers for g in grids for e in budgets
+               if not (s == "ddim" and g == "karras")]  # DDIM's uniform grid is its own convention
+    configs += [("ddpm", "uniform", 0)] if "ddpm" in samplers else []
+    for sampler, grid, evaluations in configs:
+        if sampler == "ddpm" and evaluations:
+            continue  # ancestral sampling is measured on every step only (its few-step use is not a solver's)
+        psnr, ssim, to_ref, secs = [], [], [], []
+        for seed in seeds:
+            opts = dataclasses.replace(base, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
+            items, s_per_video = run(cfg, model, opts, ctx)
+            scores = np.array([frame_scores(sample, gt, mask) for sample, gt, mask in items])
+            ref = np.array([frame_scores(sample, r[0], mask)[0] for (sample, _, mask), r in
+                            zip(items, references[seed])])
+            psnr.append(scores[:, 0].mean())
+            ssim.append(scores[:, 1].mean())
+            to_ref.append(ref.mean())
+            secs.append(s_per_video)
+        nfe = evaluations or (cfg.diffusion.diffusion_steps if sampler != "heun" else 2 * cfg.diffusion.diffusion_steps - 1)
+        row = {"sampler": sampler, "grid": grid, "evaluations": nfe, "psnr": float(np.mean(psnr)),
+               "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
+               "psnr_to_converged": float(np.mean(to_ref)), "s_per_video": float(np.median(secs)),
+               "per_seed": {"psnr": psnr, "ssim": ssim, "psnr_to_converged": to_ref}}
+        rows.append(row)
+        print(f"{sampler:9s} {grid:8s} {nfe:5d} evals | PSNR {row['psnr']:6.2f} +- {row['psnr_std']:.2f} | "
+              f"SSIM {row['ssim']:.3f} +- {row['ssim_std']:.3f} | to converged {row['psnr_to_converged']:6.2f} dB | "
+              f"{row['s_per_video']:.2f} s/video", flush=True)
+    lines = ["| sampler | grid | network evaluations | PSNR (dB) | SSIM | PSNR to the converged sample (dB) | s/video |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['sampler']} | {r['grid']} | {r['evaluations']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
+                     f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {r['psnr_to_converged']:.2f} | {r['s_per_video']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(out / "samplers.md", lambda f: f.write((table + "\n").encode()))
+        write_json(out / "samplers.json", {"model_path": str(args.model_path), "weights": weights, "seeds": seeds,
+                                        "num_samples": args.num_samples, "num_cond_frames": args.num_cond_frames,
+                                        "reference_sampler": args.reference_sampler, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
