@@ -55,6 +55,9 @@ def main(argv=None):
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated samplers to compare")
     p.add_argument("--grids", default="uniform,karras", help=f"comma-separated grids ({', '.join(GRIDS)})")
     p.add_argument("--evaluations", default="5,10,20,50,100", help="network evaluations per video to try")
+    p.add_argument("--baseline", default="ddim:50,100",
+                   help="SAMPLER:E1,E2: also run this sampler (uniform grid) at these larger budgets, the "
+                        "quality the others are held against")
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds (the spread is over them)")
     p.add_argument("--reference_sampler", default="dpmpp_2m", choices=tuple(SAMPLERS),
                    help="the converged sample: this sampler with --reference_evaluations")
@@ -69,7 +72,10 @@ def main(argv=None):
         grids = parse_list(args.grids, str, "--grids")
         budgets = parse_list(args.evaluations, int, "--evaluations")
         seeds = parse_list(args.seeds, int, "--seeds")
-        bad = [s for s in samplers if s not in SAMPLERS] + [g for g in grids if g not in GRIDS]
+        baseline_sampler, _, spec = args.baseline.partition(":")
+        baseline_budgets = parse_list(spec, int, "--baseline")
+        bad = [s for s in samplers + ([baseline_sampler] if baseline_sampler else []) if s not in SAMPLERS] \
+            + [g for g in grids if g not in GRIDS]
         if bad:
             raise ValueError(f"unknown sampler or grid: {bad}")
         cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, args.ema_rate, ctx.device)
@@ -88,6 +94,8 @@ def main(argv=None):
     rows = []
     configs = [(s, g, e) for s in samplers for g in grids for e in budgets
                if not (s == "ddim" and g == "karras")]  # DDIM's uniform grid is its own convention
+    if baseline_sampler:
+        configs += [(baseline_sampler, "uniform", e) for e in baseline_budgets]
     configs += [("ddpm", "uniform", 0)] if "ddpm" in samplers else []
     for sampler, grid, evaluations in configs:
         if sampler == "ddpm" and evaluations:
@@ -103,7 +111,7 @@ def main(argv=None):
             ssim.append(scores[:, 1].mean())
             to_ref.append(ref.mean())
             secs.append(s_per_video)
-        nfe = evaluations or (cfg.diffusion.diffusion_steps if sampler != "heun" else 2 * cfg.diffusion.diffusion_steps - 1)
+        nfe = evaluations or SAMPLERS[sampler].evaluations(cfg.diffusion.diffusion_steps)
         row = {"sampler": sampler, "grid": grid, "evaluations": nfe, "psnr": float(np.mean(psnr)),
                "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
                "psnr_to_converged": float(np.mean(to_ref)), "s_per_video": float(np.median(secs)),

@@ -92,10 +92,10 @@ def test_default_sampler_is_ddim_50_and_ddpm_is_one_flag_away(checkpoints, tmp_p
     assert proc.returncode == 0, proc.stderr
     assert "sampler ddpm, 50 steps" in proc.stdout
     # a second-order solver spends --steps network evaluations: Heun takes two per step
-    proc = sample(checkpoints["masked"], tmp_path / "h", "--num_samples", "1", "--sampler", "heun", "--steps", "9",
+    proc = sample(checkpoints["masked"], tmp_path / "h", "--num_samples", "1", "--sampler", "dpmpp_2s", "--steps", "9",
                   "--grid", "karras")
     assert proc.returncode == 0, proc.stderr
-    assert "sampler heun, 5 steps (9 network evaluations), karras grid" in proc.stdout
+    assert "sampler dpmpp_2s, 5 steps (9 network evaluations), karras grid" in proc.stdout
 
 
 def test_infill_and_generation(checkpoints, tmp_path):

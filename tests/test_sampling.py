@@ -130,7 +130,7 @@ def test_bad_sampler_options():
     with pytest.raises(ValueError, match="--resample_steps > 1 re-noises.*ddpm or ddim"):
         sample(d, m, SHAPE, gens(3), sampler="dpmpp_2m", conditioning="replacement", resample_steps=2)
     with pytest.raises(ValueError, match="--eta applies to --sampler ddim only"):
-        sample(d, m, SHAPE, gens(3), sampler="heun", eta=0.5)
+        sample(d, m, SHAPE, gens(3), sampler="dpmpp_2s", eta=0.5)
     with pytest.raises(ValueError, match="--resample_steps"):
         sample(d, m, SHAPE, gens(3), resample_steps=2)
     with pytest.raises(ValueError, match="generator"):
@@ -138,7 +138,7 @@ def test_bad_sampler_options():
 
 
 @pytest.mark.parametrize("sampler,respacing", [("ddpm", "50"), ("ddim", "ddim20"), ("dpmpp_2m", "10"),
-                                              ("dpmpp_2m", "karras8"), ("heun", "6"), ("heun", "karras5")])
+                                              ("dpmpp_2m", "karras8"), ("dpmpp_2s", "6"), ("dpmpp_2s", "karras5")])
 @pytest.mark.parametrize("mean", [{}, {"predict_xstart": True}, {"predict_v": True}])
 @pytest.mark.parametrize("sigma", [{}, {"sigma_small": True}])
 def test_an_oracle_denoiser_samples_its_data(sampler, respacing, mean, sigma):

@@ -112,7 +112,7 @@ def sampling_respacing(opts: SampleOptions, num_timesteps: int) -> str:
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {opts.sampler!r}")
     evaluations = opts.steps if opts.steps != -1 else (0 if opts.sampler == "ddpm" else DEFAULT_DDIM_STEPS)
-    if evaluations > num_timesteps * (2 if opts.sampler == "heun" else 1):
+    if evaluations > SAMPLERS[opts.sampler].evaluations(num_timesteps):
         raise ValueError(f"--steps {evaluations} exceeds the model's {num_timesteps} diffusion steps")
     steps = SAMPLERS[opts.sampler].steps_for(evaluations) if evaluations else num_timesteps
     if opts.grid == "karras":
