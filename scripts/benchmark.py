@@ -30,7 +30,7 @@ from video_diffusion import dist_util
 from video_diffusion.config import add_config_flags, apply_overrides, config_from_args, validate
 from video_diffusion.data import create_dataset
 from video_diffusion.logger import RunLogger
-from video_diffusion.sample_util import DEFAULT_DDIM_STEPS, SampleOptions, generate
+from video_diffusion.sample_util import SampleOptions, describe_sampler, generate, sampling_diffusion
 from video_diffusion.sampling import SAMPLERS
 from video_diffusion.train_util import build_train_loop
 
@@ -54,8 +54,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     p.add_argument("--sampler", default=SampleOptions.sampler, choices=tuple(SAMPLERS),
                    help=f"sampler of the sampling measurement (default: {SampleOptions.sampler})")
-    p.add_argument("--sampling_steps", type=int, default=DEFAULT_DDIM_STEPS,
-                   help="network evaluations per video of the sampling measurement")
+    p.add_argument("--sampling_steps", type=int, default=-1,
+                   help="network evaluations per video of the sampling measurement (-1 = the sampler's default)")
     p.add_argument("--sampling_batch", type=int, default=2, help="videos sampled together")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU, e.g. 989 (H100 bf16 dense)")
     p.add_argument("--smoke", action="store_true", help="1 warm-up, 2 timed steps, 2 sampling steps (for CI)")
@@ -67,8 +67,8 @@ def main(argv=None):
         cfg = config_from_args(args)
         cfg = apply_overrides(cfg, {"log_dir": cfg.train.log_dir or "runs/benchmark", "num_workers": 0})
         validate(cfg)
-        if args.steps < 1 or args.warmup < 0 or args.sampling_steps < 1 or args.sampling_batch < 1:
-            raise ValueError("--steps, --sampling_steps and --sampling_batch must be >= 1, --warmup >= 0")
+        if args.steps < 1 or args.warmup < 0 or args.sampling_steps < -1 or args.sampling_batch < 1:
+            raise ValueError("--steps and --sampling_batch must be >= 1, --sampling_steps >= -1, --warmup >= 0")
     except ValueError as e:
         p.error(str(e))
 
@@ -109,6 +109,7 @@ def main(argv=None):
     generate(sample_cfg, model, opts, dist_util.DistContext(0, 1, 0, 1, device, "single"))
     sync(device)
     sample_s_per_video = (time.perf_counter() - start) / n
+    sampler_text = describe_sampler(opts, sampling_diffusion(sample_cfg, opts))
 
     achieved_tflops = flops_per_step / s_per_step / 1e12
     result = {
@@ -122,7 +123,7 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "config": cfg.to_dict(),
-        "benchmark": {"steps": args.steps, "warmup": args.warmup, "sampler": args.sampler,
+        "benchmark": {"steps": args.steps, "warmup": args.warmup, "sampler": sampler_text,
                       "sample_steps": args.sampling_steps, "sample_batch": n},
     }
     rows = [("device", result["device"]),
@@ -132,7 +133,7 @@ def main(argv=None):
             ("GFLOP per step", f"{flops_per_step / 1e9:.1f}"),
             ("achieved TFLOP/s", f"{achieved_tflops:.3f}"),
             ("MFU", f"{result['mfu']:.1%}" if result["mfu"] is not None else "(give --peak_tflops)"),
-            (f"sample s/video ({args.sampler}, {args.sampling_steps} evaluations, batch {n}, {cfg.train.precision})", f"{sample_s_per_video:.2f}")]
+            (f"sample s/video ({sampler_text}; batch {n}, {cfg.train.precision})", f"{sample_s_per_video:.2f}")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -80,11 +80,14 @@ def test_a_second_run_never_overwrites_the_first(checkpoints, tmp_path):
     for folder in folders:
         assert (tmp_path / folder / "samples_2x4x16x16x3.npz").is_file()
         assert json.loads((tmp_path / folder / "sample_options.json").read_text())["task"] == folder[4:]
-    assert "sampler ddim, 3 steps" in second.stdout and "s per video" in second.stdout
+    assert "sampler dpmpp_2m, 3 steps" in second.stdout and "s per video" in second.stdout
 
 
-def test_default_sampler_is_ddim_50_and_ddpm_is_one_flag_away(checkpoints, tmp_path):
+def test_default_sampler_is_dpmpp_2m_20_and_others_are_one_flag_away(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path / "d", "--num_samples", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampler dpmpp_2m, 20 steps (20 network evaluations), uniform grid" in proc.stdout
+    proc = sample(checkpoints["masked"], tmp_path / "i", "--num_samples", "1", "--sampler", "ddim")
     assert proc.returncode == 0, proc.stderr
     assert "sampler ddim, 50 steps (50 network evaluations), uniform grid, eta 0" in proc.stdout
     # the checkpoint has 50 diffusion steps: ddpm without --steps walks them all

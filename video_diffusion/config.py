@@ -92,7 +92,7 @@ class TrainConfig:
                                  "and their PSNR/SSIM to progress.csv; 0 = off")
     sample_videos: int = _f(4, "videos in each preview")
     sample_cond_frames: int = _f(2, "given frames of each preview prediction")
-    sample_steps: int = _f(20, "DDIM steps of each preview")
+    sample_steps: int = _f(20, "network evaluations (DPM-Solver++(2M)) of each preview")
     keep_checkpoints: int = _f(3, "how many of the newest checkpoints to keep")
     resume_checkpoint: str = _f("", "resume from this checkpoint file (default: newest in --log_dir)")
     seed: int = _f(0, "global seed; per-video randomness is derived from it, the step and the video index")

@@ -4,7 +4,8 @@ samples a fixed set of held-out videos with the EMA weights, so that a user watc
 run sees when its output stops being noise.
 
 Each preview predicts every preview video from its first ``--sample_cond_frames`` frames
-and generates one video unconditionally, with ``--sample_steps`` DDIM steps. It writes
+and generates one video unconditionally, with the default sampler (DPM-Solver++(2M)) and
+``--sample_steps`` network evaluations. It writes
 ``<log_dir>/samples/step_<N>.png`` (ground truth above prediction for each video, given
 frames outlined in red, the generated video last) and ``step_<N>.gif``, and returns the
 prediction's PSNR and SSIM over the generated frames for progress.csv and TensorBoard.
@@ -21,7 +22,7 @@ from .config import Config
 from .data import create_dataset, seed_of
 from .evaluation.metrics import psnr, ssim
 from .masking import prediction_mask
-from .sampling import sample
+from .sampling import DEFAULT_SAMPLER, sample
 from .visualize import auto_scale, grid, strip
 
 # The held-out embedded videos: the same data seed offset as sampling and evaluation use.
@@ -50,7 +51,7 @@ class Previews:
         self.labels = (torch.tensor([data[i]["y"] for i in range(count)], device=device)
                        if cfg.model.num_classes and count and "y" in data[0] else None)
         self.model = create_model(cfg).to(device).eval()
-        self.diffusion = create_diffusion(cfg, f"ddim{t.sample_steps}" if t.sample_steps < cfg.diffusion.diffusion_steps
+        self.diffusion = create_diffusion(cfg, str(t.sample_steps) if t.sample_steps < cfg.diffusion.diffusion_steps
                                           else "")
         self.conditioning = "replacement" if cfg.mask.uncondition_rate >= 1.0 else "mask"
 
@@ -58,7 +59,7 @@ class Previews:
         gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         kwargs = {"y": labels} if labels is not None else {}
         return sample(self.diffusion, self.model, x_known.shape, gens, obs_mask=obs_mask, x_known=x_known,
-                      sampler="ddim", conditioning=self.conditioning, model_kwargs=kwargs, device=self.device)
+                      sampler=DEFAULT_SAMPLER, conditioning=self.conditioning, model_kwargs=kwargs, device=self.device)
 
     @torch.no_grad()
     def __call__(self, weights: Dict[str, torch.Tensor], step: int) -> Dict:

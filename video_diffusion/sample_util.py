@@ -22,13 +22,10 @@ from .config import Config, apply_overrides, parse_int_list, str2bool, validate
 from .data import create_dataset, eval_shard, seed_of
 from .masking import frames_mask, prediction_mask, unconditional_mask
 from .nn import to_channels_last
-from .sampling import CONDITIONINGS, GRIDS, SAMPLERS, rollout, sample
+from .sampling import CONDITIONINGS, DEFAULT_SAMPLER, GRIDS, SAMPLERS, rollout, sample
 from .visualize import save_gif, strip
 
 TASKS = ("prediction", "infill", "generation")
-# DDIM with 50 steps gives the quality of 1000 ancestral steps on the embedded data in
-# seconds per video on a CPU (README, "Sampling"): the default when no step count is given.
-DEFAULT_DDIM_STEPS = 50
 
 
 def _opt(default, help, **kw):
@@ -46,9 +43,11 @@ class SampleOptions:
     samples_per_video: int = _opt(1, "samples drawn for each test video (best-of-k figures need k > 1)")
     batch_size: int = _opt(8, "videos per forward pass per rank")
     seed: int = _opt(0, "sample s of video v draws its noise from the seed (seed, v, s)")
-    sampler: str = _opt("ddim", "; ".join(f"'{k}': {v.help}" for k, v in SAMPLERS.items()), choices=tuple(SAMPLERS))
-    steps: int = _opt(-1, "network evaluations per window: -1 = the sampler's default (ddpm: all diffusion steps, "
-                          f"others: {DEFAULT_DDIM_STEPS}), 0 = all diffusion steps")
+    sampler: str = _opt(DEFAULT_SAMPLER, "; ".join(f"'{k}': {v.help}" for k, v in SAMPLERS.items()),
+                        choices=tuple(SAMPLERS))
+    steps: int = _opt(-1, "network evaluations per window: -1 = the sampler's default ("
+                          + ", ".join(f"{k}: {v.default_evaluations or 'all diffusion steps'}" for k, v in SAMPLERS.items())
+                          + "), 0 = all diffusion steps")
     grid: str = _opt("uniform", "where the steps lie: 'uniform' in t (DDIM's strides for ddim), or 'karras' "
                                 "(Karras et al.'s sigma spacing, dense at low noise)", choices=GRIDS)
     eta: float = _opt(0.0, "DDIM noise scale (0 = deterministic)")
@@ -111,7 +110,7 @@ def sampling_respacing(opts: SampleOptions, num_timesteps: int) -> str:
         raise ValueError(f"--steps must be >= 1, or 0 (all steps) or -1 (the sampler's default), got {opts.steps}")
     if opts.sampler not in SAMPLERS:
         raise ValueError(f"--sampler must be one of {tuple(SAMPLERS)}, got {opts.sampler!r}")
-    evaluations = opts.steps if opts.steps != -1 else (0 if opts.sampler == "ddpm" else DEFAULT_DDIM_STEPS)
+    evaluations = opts.steps if opts.steps != -1 else SAMPLERS[opts.sampler].default_evaluations
     if evaluations > SAMPLERS[opts.sampler].evaluations(num_timesteps):
         raise ValueError(f"--steps {evaluations} exceeds the model's {num_timesteps} diffusion steps")
     steps = SAMPLERS[opts.sampler].steps_for(evaluations) if evaluations else num_timesteps
