@@ -237,7 +237,9 @@ def test_a_model_trained_on_respaced_steps_samples_on_them_or_on_steps(tmp_path)
     cfg = micro_config(timestep_respacing="10")
     assert sampling_diffusion(cfg, SampleOptions()).num_timesteps == 10
     assert sampling_diffusion(cfg, SampleOptions(steps=5)).num_timesteps == 5
-    assert sampling_diffusion(micro_config(), SampleOptions()).num_timesteps == 50  # DDIM's default
+    assert sampling_diffusion(micro_config(), SampleOptions()).num_timesteps == 20  # DPM-Solver++(2M)'s default
+    assert sampling_diffusion(micro_config(), SampleOptions(sampler="ddim")).num_timesteps == 50  # DDIM's default
+    assert sampling_diffusion(micro_config(), SampleOptions(sampler="dpmpp_2s")).num_timesteps == 10  # 19 evaluations
     assert sampling_diffusion(micro_config(), SampleOptions(sampler="ddpm")).num_timesteps == 100  # all steps
     with pytest.raises(ValueError, match="--steps"):
         sampling_diffusion(micro_config(), SampleOptions(steps=-3))
