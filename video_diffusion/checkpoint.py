@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .atomic import write_atomically
+
 FORMAT = "video-diffusion-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
@@ -78,16 +80,10 @@ def save_checkpoint(run_dir, step: int, state: Dict[str, Any], keep: int = 3) ->
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / checkpoint_name(step)
-    tmp = run_dir / f".{final.name}.tmp"
     payload = {"format": FORMAT, "version": VERSION, "step": step, **state}
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+    try:  # the temporary .<name>.tmp is removed on any failure
+        write_atomically(final, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteError(f"could not write checkpoint {final}: {e}. The previous checkpoints in "
                                    f"{run_dir} are intact.") from None
     for old in list_checkpoints(run_dir)[:-keep]:

@@ -19,6 +19,16 @@ PROGRESS_FIELDS = ("step", "samples", "loss", "mse", "vb", "loss_q0", "loss_q1",
                    "grad_norm", "lr", "steps_per_s", "videos_per_s", "skipped_steps", "preview_psnr", "preview_ssim")
 
 
+def _write_rows(path: Path, rows) -> None:
+    """progress.csv rows under today's header, via a temporary file."""
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
 def _drop_rows_after(csv_path: Path, step: int) -> int:
     """Remove the rows of progress.csv beyond ``step`` (copied to abandoned/); returns how many."""
     with open(csv_path, newline="") as f:
@@ -30,13 +40,8 @@ def _drop_rows_after(csv_path: Path, step: int) -> int:
         return 0
     aside = csv_path.parent / "abandoned" / f"progress_after_{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}.csv"
     aside.parent.mkdir(parents=True, exist_ok=True)
-    for path, part in ((aside, dropped), (csv_path, keep)):
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
-            w.writeheader()
-            w.writerows(part)
-        tmp.replace(path)
+    _write_rows(aside, dropped)
+    _write_rows(csv_path, keep)
     return len(dropped)
 
 
@@ -52,12 +57,7 @@ def _upgrade_header(csv_path: Path) -> None:
     if unknown:
         raise ValueError(f"{csv_path} has columns {sorted(unknown)} that this version does not write; "
                          "move it away or use a new --log_dir")
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(csv_path)
+    _write_rows(csv_path, rows)
 
 
 class RunLogger:

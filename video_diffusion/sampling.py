@@ -133,6 +133,21 @@ def sample_ddim(denoiser: Denoiser, x, diffusion, noise_fn, callback=None, eta: 
     return _first_order(step, denoiser, x, diffusion, noise_fn, callback, resample_steps)
 
 
+def _exponential_step(diffusion, i: int):
+    """
+    The data-prediction exponential integrator from step i to i - 1 (Lu et al. 2022):
+    x_{i-1} = (sigma_{i-1} / sigma_i) x_i - alpha_{i-1} (e^{-h} - 1) D, with D a prediction of
+    x_0 and h the step in log-SNR lambda = log(alpha / sigma).
+
+    :return: (a function (x, D) -> x_{i-1}, h).
+    """
+    abar, abar_next = _abar(diffusion, i), _abar(diffusion, i - 1)
+    sigma, alpha_n, sigma_n = math.sqrt(1 - abar), math.sqrt(abar_next), math.sqrt(1 - abar_next)
+    h = math.log(alpha_n / sigma_n) - math.log(math.sqrt(abar) / sigma)
+    ratio, weight = sigma_n / sigma, -alpha_n * math.expm1(-h)
+    return (lambda x, d: ratio * x + weight * d), h
+
+
 def sample_dpmpp_2m(denoiser: Denoiser, x, diffusion, noise_fn=None, callback=None):
     """
     DPM-Solver++(2M) (Lu et al. 2022): a second-order multistep solver of the probability-flow
@@ -147,15 +162,12 @@ def sample_dpmpp_2m(denoiser: Denoiser, x, diffusion, noise_fn=None, callback=No
         if i == 0:
             x = x0
         else:
-            abar, abar_next = _abar(diffusion, i), _abar(diffusion, i - 1)
-            alpha, sigma = math.sqrt(abar), math.sqrt(1 - abar)
-            alpha_n, sigma_n = math.sqrt(abar_next), math.sqrt(1 - abar_next)
-            h = math.log(alpha_n / sigma_n) - math.log(alpha / sigma)
+            step, h = _exponential_step(diffusion, i)
             d = x0
             if prev is not None:
                 r = h_prev / h
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev
-            x = (sigma_n / sigma) * x - alpha_n * math.expm1(-h) * d
+            x = step(x, d)
             prev, h_prev = x0, h
         if callback is not None:
             callback({"x": x, "i": i, "pred_xstart": x0})
@@ -180,12 +192,9 @@ def sample_dpmpp_2s(denoiser: Denoiser, x, diffusion, noise_fn=None, callback=No
         if i == 0:
             x = x0
         else:
-            abar, abar_next = _abar(diffusion, i), _abar(diffusion, i - 1)
-            sigma, alpha_n, sigma_n = math.sqrt(1 - abar), math.sqrt(abar_next), math.sqrt(1 - abar_next)
-            h = math.log(alpha_n / sigma_n) - math.log(math.sqrt(abar) / sigma)
-            euler = (sigma_n / sigma) * x - alpha_n * math.expm1(-h) * x0
-            x0_end = denoiser(euler, i - 1)["pred_xstart"]
-            x = (sigma_n / sigma) * x - alpha_n * math.expm1(-h) * (x0 + x0_end) / 2
+            step, _ = _exponential_step(diffusion, i)
+            x0_end = denoiser(step(x, x0), i - 1)["pred_xstart"]  # the first-order step's end
+            x = step(x, (x0 + x0_end) / 2)
         if callback is not None:
             callback({"x": x, "i": i, "pred_xstart": x0})
     return x
