@@ -70,7 +70,8 @@ def _stack(arrays: List[np.ndarray], shape_tail) -> np.ndarray:
 
 
 def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=None, grid_videos: int = 8,
-             shard_dir: Optional[Path] = None, progress: bool = False) -> Optional[Dict]:
+             shard_dir: Optional[Path] = None, progress: bool = False,
+             real_features_cache: Optional[Dict] = None) -> Optional[Dict]:
     """
     Sample ``opts`` and score the samples. Every rank calls this; rank 0 gets the results.
 
@@ -78,7 +79,10 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     :param grid_videos: how many test videos rank 0 receives for the picture.
     :param shard_dir: if given, each rank writes its samples there as
         samples_shard<r>of<W>.npz (arr_0, video_index, sample_index).
-    :return: on rank 0 a dict with "metrics" (JSON-ready) and "grid" (a PIL image); None elsewhere.
+    :param real_features_cache: a dict kept by the caller across calls: the real clips' I3D
+        features are computed once per (clips, rank) instead of once per call.
+    :return: on rank 0 a dict with "metrics" (JSON-ready), "grid" (a PIL image) and "shown"
+        (item -> (sample, ground truth or None, obs_mask) of the videos in the grid); None elsewhere.
     """
     start = time.perf_counter()
     mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=progress)
@@ -106,14 +110,18 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     features = real_features = None
     if fvd_possible:
         # the real clips: the test videos themselves (or, for generation, as many held-out ones)
-        real_data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic, opts.skip_bad_videos)
-        if len(real_data) < num_videos:
-            raise ValueError(f"FVD needs {num_videos} real videos, the test set holds {len(real_data)}")
         real_ids = eval_shard(num_videos, ctx.rank, ctx.world_size)
-        real = _stack([to_uint8(real_data[v]["video"][None])[0] for v in real_ids], ())
+        key = (cfg.train.data_dir, opts.data_dir, opts.deterministic, num_frames, num_videos, ctx.rank,
+               ctx.world_size, cfg.model.image_size, cfg.model.rgb)
+        cache = real_features_cache if real_features_cache is not None else {}
+        if key not in cache:
+            real_data = test_dataset(cfg, num_frames, opts.data_dir, opts.deterministic, opts.skip_bad_videos)
+            if len(real_data) < num_videos:
+                raise ValueError(f"FVD needs {num_videos} real videos, the test set holds {len(real_data)}")
+            real = _stack([to_uint8(real_data[v]["video"][None])[0] for v in real_ids], ())
+            cache[key] = i3d_features(i3d, _rgb(real), device=ctx.device) if len(real) else np.zeros((0, 400))
         features = i3d_features(i3d, _rgb(samples), device=ctx.device) if len(samples) else np.zeros((0, 400))
-        real_features = (i3d_features(i3d, _rgb(real), device=ctx.device) if len(real) else np.zeros((0, 400)),
-                         real_ids)
+        real_features = (cache[key], real_ids)
     shown = {i: mine[i] for i in keys if i // per_video < grid_videos and i % per_video < 2}
     parts = dist_util.all_gather_object(ctx, dict(rows=rows, baselines=baselines, keys=keys, seconds=seconds,
                                                   features=features, real=real_features, shown=shown))
@@ -153,7 +161,7 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     elif i3d is not None:
         metrics["fvd_skipped"] = f"I3D needs >= {MIN_FVD_FRAMES} frames, the clips have {num_frames}"
     shown = {k: v for p in parts for k, v in p["shown"].items()}
-    return {"metrics": metrics, "grid": comparison_grid(shown, per_video), "run_id": run_id}
+    return {"metrics": metrics, "grid": comparison_grid(shown, per_video), "shown": shown, "run_id": run_id}
 
 
 def shard_name(rank: int, world_size: int) -> str:
