@@ -39,10 +39,11 @@ from video_diffusion import ablation as study
 from video_diffusion import dist_util
 from video_diffusion.atomic import write_atomically, write_image, write_json, write_npz
 from video_diffusion.checkpoint import checkpoint_name, load_checkpoint
-from video_diffusion.config import PRESETS, add_config_flags, config_from_args
+from video_diffusion.config import PRESETS, Config, add_config_flags, config_from_args
+from video_diffusion.evaluation.ceiling import perfect_model_scores
 from video_diffusion.evaluation.quality import evaluate
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import SampleOptions, load_for_sampling, validate_options
+from video_diffusion.sample_util import SampleOptions, load_for_sampling, task_mask, test_dataset, validate_options
 from video_diffusion.sampling import SAMPLERS
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -225,6 +226,24 @@ def summarise(args, rows, tasks, records):
     return summary, baselines
 
 
+def perfect_model(args, tasks, checkpoint):
+    """A perfect model's figures on the same test videos, per conditioned task (embedded digits only)."""
+    cfg = Config.from_dict(load_checkpoint(checkpoint)["config"])
+    if cfg.train.data_dir:
+        return None
+    data = test_dataset(cfg, cfg.model.seq_len)
+    out = {}
+    for task in tasks:
+        if task.generation:
+            continue
+        o = dict(task.options)
+        mask = task_mask(o["task"], 1, cfg.model.seq_len, o.get("num_cond_frames", 1), o.get("cond_frames", ""))
+        out[task.key] = study.summarise([perfect_model_scores(data, mask[0].numpy(), args.num_videos,
+                                                              args.samples_per_video, seed=s)
+                                         for s in range(args.seeds)])
+    return out
+
+
 def missing_cells(args, rows, tasks, records):
     return [f"{row.key}/{task.key}/seed{s}" for ts in range(args.train_seeds) for row, task, s in
             cells_of(args, rows, tasks) if (ts, row.key, task.key, s) not in records]
@@ -303,7 +322,8 @@ def main(argv=None):
     if missing:
         raise SystemExit(f"cells missing: {', '.join(missing)}")
     summary, baselines = summarise(args, rows, tasks, records)
-    tables = study.markdown_tables(rows, tasks, summary, baselines, args.samples_per_video)
+    ceiling = perfect_model(args, tasks, checkpoints[rows[0].model, 0])
+    tables = study.markdown_tables(rows, tasks, summary, baselines, args.samples_per_video, ceiling)
     figures = pictures(rows, tasks, out)
     elapsed = {"total_seconds": time.time() - start, "training_seconds": trained - start}
     commands = sorted({r["command"] for r in records.values()})
@@ -326,7 +346,7 @@ def main(argv=None):
         "settings": settings, "elapsed": elapsed, "device": str(ctx.device),
         "rows": [dataclasses.asdict(r) for r in rows], "tasks": [dataclasses.asdict(t) for t in tasks],
         "models": {m: {**study.STUDY_BASE, **study.MODELS[m]} for m in study.models_of(rows)},
-        "summary": summary, "baselines": baselines,
+        "summary": summary, "baselines": baselines, "perfect_model": ceiling,
         "cells": [{"train_seed": ts, "row": rk, "task": tk, "seed": s, **r} for (ts, rk, tk, s), r in
                   sorted(records.items())]})
     print(tables)

@@ -119,6 +119,10 @@ def test_train_on_the_exported_synthetic_folder(tmp_path):
     ("scripts/benchmark_data.py", ["--format", "npz"]),
     ("datasets/make_synthetic.py", ["--out_dir", "d", "--num_vid", "3"]),
     ("datasets/prepare_bair.py", ["--out_dir", "d", "--tfrecord", "x"]),
+    ("scripts/compare_samplers.py", ["--model_path", "x.pt", "--num_cond", "2"]),
+    ("scripts/fault_injection.py", ["--round", "2"]),
+    ("scripts/ablation.py", ["--quic"]),
+    ("scripts/digits_ceiling.py", ["--num_vid", "3"]),
 ])
 def test_abbreviated_flags_are_refused(tmp_path, script, args):
     proc = subprocess.run([sys.executable, str(REPO / script), *args], env=script_env(), capture_output=True,

@@ -201,13 +201,14 @@ def _cell(summary: Optional[Dict], name: str, digits: int) -> str:
 
 
 def markdown_tables(rows: Sequence[Row], tasks: Sequence[Task], summary: Dict, baselines: Dict,
-                    samples_per_video: int) -> str:
+                    samples_per_video: int, ceiling: Optional[Dict] = None) -> str:
     """
     The study's tables: PSNR / SSIM (mean over samples) per conditioned task with FVD for
     generation and the sampling time; the same with the best of k samples per video.
 
     :param summary: summary[row][task] from ``summarise``.
     :param baselines: baselines[task] = {"copy_last_given": {"psnr", "ssim"}, "black": {...}}.
+    :param ceiling: ceiling[task], a perfect model's figures summarised like a row's (embedded digits only).
     """
     cond = [t for t in tasks if not t.generation]
     gen = [t for t in tasks if t.generation]
@@ -232,6 +233,12 @@ def markdown_tables(rows: Sequence[Row], tasks: Sequence[Task], summary: Dict, b
                 cells.append(_cell(s, "fvd", 0) if g.key == r.key else f"= {g.key}")
             if timed is not None and kind == "mean":
                 cells.append(_cell(summary.get(r.key, {}).get(timed.key), "sample_seconds_per_video", 2))
+            lines.append("| " + " | ".join(cells) + " |")
+        if ceiling:
+            cells = ["–", "perfect model (exact posterior)"]
+            for t in cond:
+                cells += [_cell(ceiling.get(t.key), f"psnr_{kind}", 2), _cell(ceiling.get(t.key), f"ssim_{kind}", 3)]
+            cells += ["–"] * len(gen) + (["–"] if timed is not None and kind == "mean" else [])
             lines.append("| " + " | ".join(cells) + " |")
         for name, label in (("copy_last_given", "copy last given frame"), ("black", "black frame")):
             cells = ["–", label]

@@ -7,10 +7,22 @@ constant velocity and bouncing off the borders. Video i is a pure function of
 """
 
 from functools import cached_property
+from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+
+# Speed of a digit, in frame sizes per frame.
+SPEED = (0.04, 0.1)
+
+
+class Digit(NamedTuple):
+    glyph: np.ndarray  # [h, w] in [0, 1]
+    colour: np.ndarray  # [C] in [0.4, 1] (ones for grayscale)
+    pos: np.ndarray  # top-left corner (y, x) in the first frame, before rounding
+    vel: np.ndarray  # (dy, dx) in pixels per frame
 
 
 class MovingDigits(torch.utils.data.Dataset):
@@ -50,32 +62,61 @@ class MovingDigits(torch.utils.data.Dataset):
             out.append(np.asarray(img, dtype=np.float32) / 255.0)
         return out
 
-    def frames(self, index: int) -> np.ndarray:
-        """Video ``index`` as uint8 [T, H, W, C]."""
+    def scene(self, index: int) -> List[Digit]:
+        """The latent state of video ``index``: each digit's glyph, colour, first position and velocity."""
         if not 0 <= index < self.num_videos:
             raise IndexError(f"video index {index} out of range [0, {self.num_videos})")
         rng = np.random.default_rng([self.seed, index])
-        s, t = self.image_size, self.seq_len
-        video = np.zeros((t, s, s, self.channels), dtype=np.float32)
+        s = self.image_size
+        digits = []
         for _ in range(rng.integers(1, 3)):
             glyph = self.glyphs[rng.integers(10)]
             gh, gw = glyph.shape
             colour = rng.uniform(0.4, 1.0, size=self.channels) if self.channels == 3 else np.ones(1)
             pos = rng.uniform(0, [s - gh, s - gw])
             angle = rng.uniform(0, 2 * np.pi)
-            vel = rng.uniform(0.04, 0.1) * s * np.array([np.sin(angle), np.cos(angle)])
-            for f in range(t):
-                y, x = np.round(pos).astype(int)
+            vel = rng.uniform(*SPEED) * s * np.array([np.sin(angle), np.cos(angle)])
+            digits.append(Digit(glyph, colour, pos, vel))
+        return digits
+
+    def limits(self, glyph: np.ndarray) -> Tuple[int, int]:
+        """The largest top-left corner (y, x) that keeps ``glyph`` inside the frame."""
+        return self.image_size - glyph.shape[0], self.image_size - glyph.shape[1]
+
+    def corners(self, digit: Digit, num_frames: int) -> np.ndarray:
+        """
+        Integer top-left corners [..., num_frames, 2] of a digit moving from its position,
+        bouncing off the borders. ``digit.pos`` and ``digit.vel`` may be batches [..., 2]
+        (many candidate motions of one glyph at once).
+        """
+        limits = np.array(self.limits(digit.glyph), dtype=np.float64)
+        pos, vel = np.array(digit.pos, dtype=np.float64), np.array(digit.vel, dtype=np.float64)
+        out = np.zeros((*pos.shape[:-1], num_frames, 2), dtype=np.int64)
+        for f in range(num_frames):
+            out[..., f, :] = np.round(pos).astype(int)
+            pos = pos + vel
+            # reflect off the borders (a position is below 0 or above the limit, never both)
+            low, high = pos < 0, pos > limits
+            pos = np.where(low, -pos, np.where(high, 2 * limits - pos, pos))
+            vel = np.where(low | high, -vel, vel)
+            pos = np.clip(pos, 0.0, limits)
+        return out
+
+    def render(self, digits: Sequence[Digit], corners: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 [T, H, W, C]: each digit drawn at its corners (overlaps keep the brighter value)."""
+        s = self.image_size
+        video = np.zeros((len(corners[0]), s, s, self.channels), dtype=np.float32)
+        for digit, where in zip(digits, corners):
+            gh, gw = digit.glyph.shape
+            for f, (y, x) in enumerate(where):
                 patch = video[f, y:y + gh, x:x + gw]
-                np.maximum(patch, glyph[:, :, None] * colour, out=patch)
-                pos = pos + vel
-                for axis, limit in enumerate((s - gh, s - gw)):  # reflect off the borders
-                    if pos[axis] < 0:
-                        pos[axis], vel[axis] = -pos[axis], -vel[axis]
-                    elif pos[axis] > limit:
-                        pos[axis], vel[axis] = 2 * limit - pos[axis], -vel[axis]
-                    pos[axis] = min(max(pos[axis], 0.0), limit)
+                np.maximum(patch, digit.glyph[:, :, None] * digit.colour, out=patch)
         return np.round(video * 255).astype(np.uint8)
+
+    def frames(self, index: int) -> np.ndarray:
+        """Video ``index`` as uint8 [T, H, W, C]."""
+        digits = self.scene(index)
+        return self.render(digits, [self.corners(d, self.seq_len) for d in digits])
 
     def __getitem__(self, key):
         """``key`` is an index, or (index, seed) from the training sampler (the seed is not needed here)."""

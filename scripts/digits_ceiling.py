@@ -1,0 +1,76 @@
+"""
+What a perfect model would score on the embedded moving digits, for comparison with
+scripts/evaluate.py's figures on the same held-out videos.
+
+    python scripts/digits_ceiling.py --num_cond_frames 2            # 2 -> 6 on the tiny preset's videos
+    python scripts/digits_ceiling.py --task infill --cond_frames 0,7
+
+The generator draws digits at whole-pixel positions, so a few given frames leave each digit's
+exact velocity open and the later frames uncertain. This draws samples from that exact
+posterior (see video_diffusion/evaluation/ceiling.py) and scores them like the harness does:
+PSNR and SSIM over the generated frames, mean and best of --samples_per_video, beside the
+copy-last-frame and black-frame baselines. No model can beat the mean on average.
+"""
+
+import argparse
+
+import numpy as np
+
+from video_diffusion.atomic import write_json
+from video_diffusion.config import PRESETS, Config, apply_overrides
+from video_diffusion.evaluation.ceiling import perfect_model_scores
+from video_diffusion.evaluation.quality import copy_last_given, frame_scores
+from video_diffusion.sample_util import task_mask, test_dataset
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="whose frame size, length and colour")
+    p.add_argument("--task", default="prediction", choices=("prediction", "infill"))
+    p.add_argument("--num_cond_frames", type=int, default=2, help="prediction: the first c frames are given")
+    p.add_argument("--cond_frames", default="", help="infill: the given frame indices, e.g. '0,7'")
+    p.add_argument("--num_videos", type=int, default=32, help="held-out videos (the harness's, in its order)")
+    p.add_argument("--samples_per_video", type=int, default=4, help="posterior samples per video")
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples")
+    p.add_argument("--out", default="", help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    if args.num_videos < 1 or args.samples_per_video < 1:
+        p.error("--num_videos and --samples_per_video must be >= 1")
+    cfg = apply_overrides(Config(), PRESETS[args.preset])
+    if cfg.train.data_dir:
+        p.error(f"--preset {args.preset} trains on a folder; the ceiling is for the embedded digits")
+    try:
+        mask = task_mask(args.task, 1, cfg.model.seq_len, args.num_cond_frames, args.cond_frames)[0].numpy()
+    except ValueError as e:
+        p.error(str(e))
+    given = np.flatnonzero(mask)
+    data = test_dataset(cfg, cfg.model.seq_len)
+    perfect = perfect_model_scores(data, mask, args.num_videos, args.samples_per_video, seed=args.seed)
+    base = []
+    for v in range(args.num_videos):
+        gt = data.frames(v)
+        base.append((*frame_scores(copy_last_given(gt, mask), gt, mask), *frame_scores(np.zeros_like(gt), gt, mask)))
+    base = np.array(base).mean(axis=0)
+    psnr_mean, psnr_best, ssim_mean, ssim_best = (perfect[k] for k in ("psnr_mean", "psnr_best", "ssim_mean",
+                                                                        "ssim_best"))
+    k = args.samples_per_video
+    result = {"preset": args.preset, "task": args.task, "given_frames": given.tolist(),
+              "num_videos": args.num_videos, "samples_per_video": k,
+              "perfect_model": perfect,
+              "copy_last_given": {"psnr": float(base[0]), "ssim": float(base[1])},
+              "black": {"psnr": float(base[2]), "ssim": float(base[3])}}
+    print(f"{args.task}, given frames {given.tolist()} of {cfg.model.seq_len}, {args.num_videos} held-out videos "
+          f"({args.preset} preset's data)")
+    print(f"{'':28s} {'PSNR (dB)':>10s} {'SSIM':>7s}")
+    print(f"{'perfect model':28s} {psnr_mean:10.2f} {ssim_mean:7.3f}")
+    if k > 1:
+        print(f"{'perfect model, best of ' + str(k):28s} {psnr_best:10.2f} {ssim_best:7.3f}")
+    print(f"{'copy last given frame':28s} {base[0]:10.2f} {base[1]:7.3f}")
+    print(f"{'black frame':28s} {base[2]:10.2f} {base[3]:7.3f}")
+    if args.out:
+        write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
