@@ -24,7 +24,8 @@ import numpy as np
 
 from video_diffusion import dist_util
 from video_diffusion.atomic import write_atomically, write_json
-from video_diffusion.evaluation.quality import frame_scores
+from video_diffusion.evaluation.quality import MIN_FVD_FRAMES, evaluate, frame_scores
+from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.sample_util import (SampleOptions, add_checkpoint_flags, generate, load_for_sampling,
                                         validate_options)
 from video_diffusion.sampling import GRIDS, SAMPLERS
@@ -63,6 +64,13 @@ def main(argv=None):
                    help="the converged sample: this sampler with --reference_evaluations")
     p.add_argument("--reference_evaluations", type=int, default=250,
                    help="network evaluations of the converged sample (0 = every diffusion step)")
+    p.add_argument("--fvd_videos", type=int, default=0,
+                   help="also generate this many videos per sampler and seed and report their FVD against as "
+                        "many held-out real clips (0 = no FVD column)")
+    p.add_argument("--fvd_frames", type=int, default=16,
+                   help="frames of each generated video (I3D needs >= 10; beyond the model's window the video "
+                        "is rolled out window by window)")
+    add_i3d_flags(p)
     args = p.parse_args(argv)
     ctx = dist_util.setup_dist()
     try:
@@ -82,11 +90,19 @@ def main(argv=None):
         base = SampleOptions(task="prediction", num_cond_frames=args.num_cond_frames, num_samples=args.num_samples,
                              batch_size=args.batch_size)
         validate_options(cfg, base)
+        if args.fvd_videos < 0 or (args.fvd_videos and args.fvd_frames < MIN_FVD_FRAMES):
+            raise ValueError(f"--fvd_videos must be >= 0 and --fvd_frames >= {MIN_FVD_FRAMES} (I3D's shortest clip)")
+        generation = SampleOptions(task="generation", num_samples=args.fvd_videos, num_frames=args.fvd_frames,
+                                   batch_size=args.batch_size)
+        if args.fvd_videos:
+            validate_options(cfg, generation)
+        i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos else None
     except (ValueError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"{args.model_path} ({weights}): {args.num_samples} held-out videos, {args.num_cond_frames} -> "
           f"{cfg.model.seq_len - args.num_cond_frames}, seeds {seeds}", flush=True)
 
+    real_features = {}  # I3D features of the real clips, computed once
     references = {}
     for seed in seeds:  # the converged sample of each seed's noise
         opts = dataclasses.replace(base, sampler=args.reference_sampler, steps=args.reference_evaluations, seed=seed)
@@ -100,8 +116,12 @@ def main(argv=None):
     for sampler, grid, evaluations in configs:
         if sampler == "ddpm" and evaluations:
             continue  # ancestral sampling is measured on every step only (its few-step use is not a solver's)
-        psnr, ssim, to_ref, secs = [], [], [], []
+        psnr, ssim, to_ref, secs, fvd = [], [], [], [], []
         for seed in seeds:
+            if i3d is not None:
+                opts = dataclasses.replace(generation, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
+                fvd.append(evaluate(cfg, model, opts, ctx, i3d=i3d, real_features_cache=real_features)
+                           ["metrics"]["fvd"])
             opts = dataclasses.replace(base, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
             items, s_per_video = run(cfg, model, opts, ctx)
             scores = np.array([frame_scores(sample, gt, mask) for sample, gt, mask in items])
@@ -117,15 +137,22 @@ def main(argv=None):
                "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
                "psnr_to_converged": float(np.mean(to_ref)), "s_per_video": float(np.median(secs)),
                "per_seed": {"psnr": psnr, "ssim": ssim, "psnr_to_converged": to_ref}}
+        if fvd:
+            row.update(fvd=float(np.mean(fvd)), fvd_std=float(np.std(fvd)))
+            row["per_seed"]["fvd"] = fvd
         rows.append(row)
         print(f"{sampler:9s} {grid:8s} {nfe:5d} evals | PSNR {row['psnr']:6.2f} +- {row['psnr_std']:.2f} | "
               f"SSIM {row['ssim']:.3f} +- {row['ssim_std']:.3f} | to converged {row['psnr_to_converged']:6.2f} dB | "
-              f"{row['s_per_video']:.2f} s/video", flush=True)
-    lines = ["| sampler | grid | network evaluations | PSNR (dB) | SSIM | PSNR to the converged sample (dB) | s/video |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+              + (f"FVD {row['fvd']:.0f} +- {row['fvd_std']:.0f} | " if fvd else "")
+              + f"{row['s_per_video']:.2f} s/video", flush=True)
+    fvd_head = f" FVD ({args.fvd_videos} generated x {args.fvd_frames} frames) |" if i3d is not None else ""
+    lines = ["| sampler | grid | network evaluations | PSNR (dB) | SSIM | PSNR to the converged sample (dB) |"
+             + fvd_head + " s/video |", "| --- " * (7 + bool(fvd_head)) + "|"]
     for r in rows:
+        fvd_cell = f" {r['fvd']:.0f} ± {r['fvd_std']:.0f} |" if fvd_head else ""
         lines.append(f"| {r['sampler']} | {r['grid']} | {r['evaluations']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
-                     f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {r['psnr_to_converged']:.2f} | {r['s_per_video']:.2f} |")
+                     f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {r['psnr_to_converged']:.2f} |{fvd_cell} "
+                     f"{r['s_per_video']:.2f} |")
     table = "\n".join(lines)
     print(table)
     if args.out_dir:

@@ -134,7 +134,8 @@ def test_the_comparison_script_writes_its_table(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_samplers.py"), "--model_path", str(ckpt),
                            "--num_cond_frames", "1", "--num_samples", "2", "--batch_size", "2", "--samplers",
                            "ddim,dpmpp_2m", "--grids", "uniform", "--evaluations", "2", "--baseline", "ddim:4",
-                           "--seeds", "0,1", "--reference_evaluations", "6", "--out_dir", str(tmp_path / "out")],
+                           "--seeds", "0,1", "--reference_evaluations", "6", "--out_dir", str(tmp_path / "out"),
+                           "--fvd_videos", "2", "--fvd_frames", "10"],
                           env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     import json
@@ -142,4 +143,6 @@ def test_the_comparison_script_writes_its_table(tmp_path):
     rows = json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"]
     assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddim", 2), ("dpmpp_2m", 2), ("ddim", 4)]
     assert all(len(r["per_seed"]["psnr"]) == 2 for r in rows)
-    assert (tmp_path / "out" / "samplers.md").read_text().count("\n") == 5  # header, rule, three rows
+    assert all(len(r["per_seed"]["fvd"]) == 2 and r["fvd"] > 0 for r in rows)  # generation's FVD per seed
+    table = (tmp_path / "out" / "samplers.md").read_text()
+    assert table.count("\n") == 5 and "FVD (2 generated x 10 frames)" in table  # header, rule, three rows
