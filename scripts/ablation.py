@@ -306,15 +306,18 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         write_json(settings_path, settings)
 
+    ctx = dist_util.setup_dist()
+    if ctx.world_size > 1:
+        parser.error("run scripts/ablation.py as one process; give --launcher for multi-GPU training")
+    try:  # before any training: a bad --i3d_weights must not surface after an hour of it
+        i3d = None if args.dry_run else load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     start = time.time()
     checkpoints = train_models(args, rows, out)
     trained = time.time()
     seq_len = 0 if args.dry_run else load_checkpoint(checkpoints[rows[0].model, 0])["config"]["model"]["seq_len"]
     tasks = study.study_tasks(seq_len or PRESETS[args.preset].get("seq_len", 8), args.gen_frames)
-    ctx = dist_util.setup_dist()
-    if ctx.world_size > 1:
-        parser.error("run scripts/ablation.py as one process; give --launcher for multi-GPU training")
-    i3d = None if args.dry_run else load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript)
     records = run_cells(args, rows, tasks, checkpoints, out, ctx, i3d)
     if args.dry_run:
         return
