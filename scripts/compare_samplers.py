@@ -10,12 +10,16 @@ reports, over the generated frames:
 - PSNR against the converged sample of the same noise (--reference_sampler with
   --reference_evaluations): how well the solver solved its equation, whatever the model's
   quality (ancestral DDPM solves another equation: its figure there is only a spread).
-The table goes to stdout and, with --out_dir, to samplers.md and samplers.json (every figure).
+The table goes to stdout and, with --out_dir, to samplers.md and samplers.json (every figure),
+rewritten after every row: a full grid takes hours on a CPU, so a rerun with the same --out_dir
+and the same settings keeps the rows already measured and measures only the missing ones
+(other settings there are an error naming them).
 Time it on an otherwise idle machine: the seconds per video are part of the table.
 """
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,6 +48,45 @@ def run(cfg, model, opts, ctx):
     seconds = time.perf_counter() - start
     keys = sorted(out)
     return [out[k] for k in keys], seconds / len(keys)
+
+
+def row_key(row):
+    return row["sampler"], row["grid"], row["requested_evaluations"]
+
+
+def earlier_rows(out_dir, settings):
+    """Rows of an earlier run in ``out_dir`` made with exactly ``settings`` (an error if they differ)."""
+    path = Path(out_dir) / "samplers.json" if out_dir else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        rows = {row_key(r): r for r in earlier["rows"]}
+        changed = sorted(k for k in settings if earlier.get("settings", {}).get(k) != settings[k])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a comparison this script wrote ({e}); use another --out_dir") from None
+    if changed:
+        raise ValueError(f"{path} holds a comparison with other settings ({', '.join(changed)}); use another "
+                         f"--out_dir or the same settings to complete it")
+    return rows
+
+
+def write_results(out_dir, settings, rows, table):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / "samplers.md", lambda f: f.write((table + "\n").encode()))
+    write_json(out / "samplers.json", {**settings, "settings": settings, "rows": rows})
+
+
+def format_table(rows, fvd_head):
+    lines = ["| sampler | grid | network evaluations | PSNR (dB) | SSIM | PSNR to the converged sample (dB) |"
+             + fvd_head + " s/video |", "| --- " * (7 + bool(fvd_head)) + "|"]
+    for r in rows:
+        fvd_cell = f" {r['fvd']:.0f} ± {r['fvd_std']:.0f} |" if fvd_head else ""
+        lines.append(f"| {r['sampler']} | {r['grid']} | {r['evaluations']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
+                     f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {r['psnr_to_converged']:.2f} |{fvd_cell} "
+                     f"{r['s_per_video']:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -97,6 +140,11 @@ def main(argv=None):
         if args.fvd_videos:
             validate_options(cfg, generation)
         i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos else None
+        settings = {"model_path": str(args.model_path), "weights": weights, "seeds": seeds,
+                    "num_samples": args.num_samples, "num_cond_frames": args.num_cond_frames,
+                    "reference_sampler": args.reference_sampler, "reference_evaluations": args.reference_evaluations,
+                    "fvd_videos": args.fvd_videos, "fvd_frames": args.fvd_frames if args.fvd_videos else None}
+        done = earlier_rows(args.out_dir, settings)
     except (ValueError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"{args.model_path} ({weights}): {args.num_samples} held-out videos, {args.num_cond_frames} -> "
@@ -104,18 +152,29 @@ def main(argv=None):
 
     real_features = {}  # I3D features of the real clips, computed once
     references = {}
-    for seed in seeds:  # the converged sample of each seed's noise
-        opts = dataclasses.replace(base, sampler=args.reference_sampler, steps=args.reference_evaluations, seed=seed)
-        references[seed], _ = run(cfg, model, opts, ctx)
-    rows = []
+
+    def reference(seed):  # the converged sample of this seed's noise, drawn when first needed
+        if seed not in references:
+            opts = dataclasses.replace(base, sampler=args.reference_sampler, steps=args.reference_evaluations,
+                                       seed=seed)
+            references[seed], _ = run(cfg, model, opts, ctx)
+        return references[seed]
+
     configs = [(s, g, e) for s in samplers for g in grids for e in budgets
                if not (s == "ddim" and g == "karras")]  # DDIM's uniform grid is its own convention
     if baseline_sampler:
         configs += [(baseline_sampler, "uniform", e) for e in baseline_budgets]
     configs += [("ddpm", "uniform", 0)] if "ddpm" in samplers else []
+    configs = [c for c in configs if not (c[0] == "ddpm" and c[2])]  # ancestral sampling: every step only
+    fvd_head = f" FVD ({args.fvd_videos} generated x {args.fvd_frames} frames) |" if i3d is not None else ""
+    rows = []
     for sampler, grid, evaluations in configs:
-        if sampler == "ddpm" and evaluations:
-            continue  # ancestral sampling is measured on every step only (its few-step use is not a solver's)
+        if (sampler, grid, evaluations) in done:
+            row = done[(sampler, grid, evaluations)]
+            print(f"{sampler:9s} {grid:8s} {row['evaluations']:5d} evals | measured earlier in {args.out_dir}",
+                  flush=True)
+            rows.append(row)
+            continue
         psnr, ssim, to_ref, secs, fvd = [], [], [], [], []
         for seed in seeds:
             if i3d is not None:
@@ -126,16 +185,17 @@ def main(argv=None):
             items, s_per_video = run(cfg, model, opts, ctx)
             scores = np.array([frame_scores(sample, gt, mask) for sample, gt, mask in items])
             ref = np.array([frame_scores(sample, r[0], mask)[0] for (sample, _, mask), r in
-                            zip(items, references[seed])])
+                            zip(items, reference(seed))])
             psnr.append(scores[:, 0].mean())
             ssim.append(scores[:, 1].mean())
             to_ref.append(ref.mean())
             secs.append(s_per_video)
         spec = SAMPLERS[sampler]  # the evaluations actually spent (a two-evaluation step rounds the budget down)
         nfe = spec.evaluations(spec.steps_for(evaluations) if evaluations else cfg.diffusion.diffusion_steps)
-        row = {"sampler": sampler, "grid": grid, "evaluations": nfe, "psnr": float(np.mean(psnr)),
-               "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
-               "psnr_to_converged": float(np.mean(to_ref)), "s_per_video": float(np.median(secs)),
+        row = {"sampler": sampler, "grid": grid, "requested_evaluations": evaluations, "evaluations": nfe,
+               "psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)),
+               "ssim_std": float(np.std(ssim)), "psnr_to_converged": float(np.mean(to_ref)),
+               "s_per_video": float(np.median(secs)),
                "per_seed": {"psnr": psnr, "ssim": ssim, "psnr_to_converged": to_ref}}
         if fvd:
             row.update(fvd=float(np.mean(fvd)), fvd_std=float(np.std(fvd)))
@@ -145,23 +205,13 @@ def main(argv=None):
               f"SSIM {row['ssim']:.3f} +- {row['ssim_std']:.3f} | to converged {row['psnr_to_converged']:6.2f} dB | "
               + (f"FVD {row['fvd']:.0f} +- {row['fvd_std']:.0f} | " if fvd else "")
               + f"{row['s_per_video']:.2f} s/video", flush=True)
-    fvd_head = f" FVD ({args.fvd_videos} generated x {args.fvd_frames} frames) |" if i3d is not None else ""
-    lines = ["| sampler | grid | network evaluations | PSNR (dB) | SSIM | PSNR to the converged sample (dB) |"
-             + fvd_head + " s/video |", "| --- " * (7 + bool(fvd_head)) + "|"]
-    for r in rows:
-        fvd_cell = f" {r['fvd']:.0f} ± {r['fvd_std']:.0f} |" if fvd_head else ""
-        lines.append(f"| {r['sampler']} | {r['grid']} | {r['evaluations']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
-                     f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {r['psnr_to_converged']:.2f} |{fvd_cell} "
-                     f"{r['s_per_video']:.2f} |")
-    table = "\n".join(lines)
+        if args.out_dir:  # after every row: hours of sampling survive an interruption
+            write_results(args.out_dir, settings, rows + [r for k, r in done.items() if r not in rows],
+                          format_table(rows, fvd_head))
+    table = format_table(rows, fvd_head)
     print(table)
     if args.out_dir:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomically(out / "samplers.md", lambda f: f.write((table + "\n").encode()))
-        write_json(out / "samplers.json", {"model_path": str(args.model_path), "weights": weights, "seeds": seeds,
-                                        "num_samples": args.num_samples, "num_cond_frames": args.num_cond_frames,
-                                        "reference_sampler": args.reference_sampler, "rows": rows})
+        write_results(args.out_dir, settings, rows, table)
     return 0
 
 

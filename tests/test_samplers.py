@@ -131,12 +131,12 @@ def test_the_comparison_script_writes_its_table(tmp_path):
     cfg = micro_config(tmp_path, max_steps=1, save_interval=1, seq_len=4)
     loop_for(cfg).run()
     ckpt = tmp_path / "run" / "ckpt_0000001.pt"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_samplers.py"), "--model_path", str(ckpt),
-                           "--num_cond_frames", "1", "--num_samples", "2", "--batch_size", "2", "--samplers",
-                           "ddim,dpmpp_2m", "--grids", "uniform", "--evaluations", "2", "--baseline", "ddim:4",
-                           "--seeds", "0,1", "--reference_evaluations", "6", "--out_dir", str(tmp_path / "out"),
-                           "--fvd_videos", "2", "--fvd_frames", "10"],
-                          env=script_env(), capture_output=True, text=True, timeout=300)
+    args = [sys.executable, str(REPO / "scripts" / "compare_samplers.py"), "--model_path", str(ckpt),
+            "--num_cond_frames", "1", "--num_samples", "2", "--batch_size", "2", "--samplers", "ddim,dpmpp_2m",
+            "--grids", "uniform", "--evaluations", "2", "--baseline", "ddim:4", "--seeds", "0,1",
+            "--reference_evaluations", "6", "--out_dir", str(tmp_path / "out"), "--fvd_videos", "2",
+            "--fvd_frames", "10"]
+    proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -146,3 +146,21 @@ def test_the_comparison_script_writes_its_table(tmp_path):
     assert all(len(r["per_seed"]["fvd"]) == 2 and r["fvd"] > 0 for r in rows)  # generation's FVD per seed
     table = (tmp_path / "out" / "samplers.md").read_text()
     assert table.count("\n") == 5 and "FVD (2 generated x 10 frames)" in table  # header, rule, three rows
+
+    # A rerun into the same folder keeps the rows measured (a marked value survives) and measures only new ones.
+    data = json.loads((tmp_path / "out" / "samplers.json").read_text())
+    data["rows"][1]["psnr"] = -123.0
+    (tmp_path / "out" / "samplers.json").write_text(json.dumps(data))
+    args[args.index("--evaluations") + 1] = "2,3"
+    proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("measured earlier") == 3
+    rows = json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"]
+    assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpmpp_2m", 2),
+                                                                ("dpmpp_2m", 3), ("ddim", 4)]
+    assert rows[2]["psnr"] == -123.0 and rows[1]["psnr"] > 0
+    # Other settings in the same folder: refused, naming what differs; nothing overwritten.
+    args[args.index("--seeds") + 1] = "0,5"
+    proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "seeds" in proc.stderr and "--out_dir" in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"] == rows
