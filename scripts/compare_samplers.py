@@ -161,7 +161,7 @@ def main(argv=None):
         return references[seed]
 
     configs = [(s, g, e) for s in samplers for g in grids for e in budgets
-               if not (s == "ddim" and g == "karras")]  # DDIM's uniform grid is its own convention
+               if not (s == "ddim" and g != "uniform")]  # DDIM's uniform grid is its own convention
     if baseline_sampler:
         configs += [(baseline_sampler, "uniform", e) for e in baseline_budgets]
     configs += [("ddpm", "uniform", 0)] if "ddpm" in samplers else []

@@ -10,8 +10,8 @@ import torch
 from conftest import REPO, micro_config, script_env
 from video_diffusion.build import create_diffusion
 from video_diffusion.masking import frames_mask, prediction_mask
-from video_diffusion.respace import karras_timesteps
-from video_diffusion.sampling import SAMPLERS, sample
+from video_diffusion.respace import karras_timesteps, logsnr_timesteps
+from video_diffusion.sampling import GRIDS, SAMPLERS, sample
 
 SHAPE = (2, 3, 6, 8, 8)
 
@@ -22,7 +22,7 @@ def gens(n, seed=0):
 
 def respacing_for(sampler, evaluations, grid="uniform"):
     steps = SAMPLERS[sampler].steps_for(evaluations)
-    return f"karras{steps}" if grid == "karras" else str(steps)
+    return str(steps) if grid == "uniform" else f"{grid}{steps}"
 
 
 class GivenFrameOracle:
@@ -38,7 +38,7 @@ class GivenFrameOracle:
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
-@pytest.mark.parametrize("grid", ["uniform", "karras"])
+@pytest.mark.parametrize("grid", GRIDS)
 def test_the_given_frames_reach_the_network_at_every_step(sampler, grid):
     # Without the in-loop paste the oracle would read noise at the given frame and the
     # generated frames would be noise: the final paste alone cannot hide it.
@@ -110,6 +110,25 @@ def test_karras_grid():
     kept = sorted(karras_timesteps(abar, 20))
     gaps = np.diff(kept)
     assert gaps[0] < gaps[-1]  # dense at low noise, sparse at high noise
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_logsnr_grid(schedule):
+    abar = create_diffusion(micro_config(diffusion_steps=1000, noise_schedule=schedule)).alphas_cumprod
+    lam = 0.5 * np.log(abar / (1 - abar))
+    for count in (1, 2, 5, 20, 100, 1000):
+        kept = sorted(logsnr_timesteps(abar, count))
+        assert len(kept) == count and kept[-1] == 999 and (count == 1 or kept[0] == 0)
+    # Below the start (always the last timestep) the steps are even in log-SNR, from lambda_0 up to
+    # the mirror -lambda_0 or the schedule's own end: no steps spent beyond it on pure noise.
+    kept = sorted(logsnr_timesteps(abar, 20))
+    top = max(lam[-1], -lam[0])
+    assert lam[kept[-2]] > top
+    h = np.diff(-lam[kept[:-1]])
+    assert np.allclose(h, (lam[0] - top) / 19, rtol=0.25), h
+    if schedule == "cosine":  # the clipped last beta: lambda(999) ~ -9.9, far below -lambda_0 ~ -5
+        assert lam[-1] < -9 and -5.2 < top < -4.9
+        assert lam[kept[-2]] < top + (lam[0] - top) / 19 + 0.2  # the first step lands just above the cap
 
 
 def choices_of(script):

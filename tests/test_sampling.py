@@ -138,7 +138,8 @@ def test_bad_sampler_options():
 
 
 @pytest.mark.parametrize("sampler,respacing", [("ddpm", "50"), ("ddim", "ddim20"), ("dpmpp_2m", "10"),
-                                              ("dpmpp_2m", "karras8"), ("dpmpp_2s", "6"), ("dpmpp_2s", "karras5")])
+                                              ("dpmpp_2m", "karras8"), ("dpmpp_2m", "logsnr8"), ("dpmpp_2s", "6"),
+                                              ("dpmpp_2s", "karras5"), ("dpmpp_2s", "logsnr5")])
 @pytest.mark.parametrize("mean", [{}, {"predict_xstart": True}, {"predict_v": True}])
 @pytest.mark.parametrize("sigma", [{}, {"sigma_small": True}])
 def test_an_oracle_denoiser_samples_its_data(sampler, respacing, mean, sigma):

@@ -14,29 +14,58 @@ import torch
 from .gaussian_diffusion import GaussianDiffusion
 
 
-def karras_timesteps(alphas_cumprod: np.ndarray, count: int, rho: float = 7.0) -> Set[int]:
+def _nearest_timesteps(log_sigmas: np.ndarray, targets: np.ndarray) -> Set[int]:
     """
-    ``count`` timesteps whose sigmas sqrt((1 - abar) / abar) follow Karras et al. (2022, eq. 5)
-    from the largest sigma to the smallest: each target sigma takes the nearest timestep not
-    yet taken (the last and the first timestep always), so exactly ``count`` are kept.
+    One timestep per target log-sigma (targets from the largest down): each takes the nearest
+    timestep not yet taken, leaving room below for the targets still to come, so exactly
+    ``len(targets)`` distinct timesteps are kept.
     """
-    n = len(alphas_cumprod)
-    if not 1 <= count <= n:
-        raise ValueError(f"a Karras grid of {count} steps: need 1 <= steps <= {n}")
-    sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
-    if count == 1:
-        return {n - 1}
-    ramp = np.linspace(0, 1, count)
-    lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
-    targets = (hi + ramp * (lo - hi)) ** rho
+    count = len(targets)
     kept: Set[int] = set()
     for k, target in enumerate(targets):
-        order = np.argsort(np.abs(np.log(sigmas) - np.log(target)))
-        # leave room: the remaining targets need distinct, smaller timesteps
+        order = np.argsort(np.abs(log_sigmas - target))
         free = [int(t) for t in order if int(t) not in kept and int(t) >= count - 1 - k
                 and (not kept or int(t) < min(kept))]
         kept.add(free[0])
     return kept
+
+
+def _log_sigmas(alphas_cumprod: np.ndarray, count: int, name: str) -> np.ndarray:
+    if not 1 <= count <= len(alphas_cumprod):
+        raise ValueError(f"a {name} grid of {count} steps: need 1 <= steps <= {len(alphas_cumprod)}")
+    return 0.5 * np.log((1 - alphas_cumprod) / alphas_cumprod)
+
+
+def karras_timesteps(alphas_cumprod: np.ndarray, count: int, rho: float = 7.0) -> Set[int]:
+    """
+    ``count`` timesteps whose sigmas sqrt((1 - abar) / abar) follow Karras et al. (2022, eq. 5)
+    from the largest sigma to the smallest (the last and the first timestep always kept).
+    """
+    log_sigmas = _log_sigmas(alphas_cumprod, count, "Karras")
+    if count == 1:
+        return {len(alphas_cumprod) - 1}
+    hi, lo = np.exp(log_sigmas[-1] / rho), np.exp(log_sigmas[0] / rho)
+    return _nearest_timesteps(log_sigmas, np.log((hi + np.linspace(0, 1, count) * (lo - hi)) ** rho))
+
+
+def logsnr_timesteps(alphas_cumprod: np.ndarray, count: int) -> Set[int]:
+    """
+    ``count`` timesteps evenly spaced in log-SNR (lambda = -log sigma), the variable in which
+    DPM-Solver's step size h and its error are measured, from the least noisy step up to
+    lambda = -lambda_0 (the noise-side mirror of the least noisy step); the first step is always
+    the last timestep, where sampling starts from pure noise.
+
+    Why the cap: the cosine schedule clips its last beta to 0.999, which sends lambda at the
+    last timestep to about -9.9 while every step before it lies above -6.5; a grid evenly
+    spaced down to -9.9 spends a quarter of its steps on what is still pure noise.
+    """
+    log_sigmas = _log_sigmas(alphas_cumprod, count, "log-SNR")
+    if count == 1:
+        return {len(alphas_cumprod) - 1}
+    top = min(log_sigmas[-1], -log_sigmas[0])
+    targets = np.linspace(top, log_sigmas[0], count)
+    targets[0] = log_sigmas[-1]  # start from the pure-noise end of the process
+    return _nearest_timesteps(log_sigmas, targets)
 
 
 def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]], alphas_cumprod=None) -> Set[int]:
@@ -45,22 +74,24 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
 
     :param num_timesteps: steps of the base process.
     :param section_counts: "ddimN" for N evenly strided steps (as DDIM), "karrasN" for N
-        steps spaced as Karras et al.'s sigmas (rho = 7: dense at low noise), or a comma list
+        steps spaced as Karras et al.'s sigmas (rho = 7: dense at low noise), "logsnrN" for N
+        steps evenly spaced in log-SNR (``logsnr_timesteps``), or a comma list
         "a,b,c" (or a list of ints) splitting the process into equal sections that keep
         a, b, c evenly spaced steps each; a single number N keeps N evenly spaced steps.
-    :param alphas_cumprod: the base process's alpha-bar (needed by "karrasN" only).
+    :param alphas_cumprod: the base process's alpha-bar (needed by "karrasN" and "logsnrN").
     :return: the set of kept base timesteps.
     """
     if isinstance(section_counts, str):
         spec = section_counts.strip()
-        if spec.startswith("karras"):
-            try:
-                want = int(spec[len("karras"):])
-            except ValueError:
-                raise ValueError(f"--timestep_respacing {spec!r}: 'karrasN' needs a step count N") from None
-            if alphas_cumprod is None:
-                raise ValueError("a 'karrasN' grid needs the process's alphas_cumprod")
-            return karras_timesteps(alphas_cumprod, want)
+        for prefix, make in (("karras", karras_timesteps), ("logsnr", logsnr_timesteps)):
+            if spec.startswith(prefix):
+                try:
+                    want = int(spec[len(prefix):])
+                except ValueError:
+                    raise ValueError(f"--timestep_respacing {spec!r}: '{prefix}N' needs a step count N") from None
+                if alphas_cumprod is None:
+                    raise ValueError(f"a '{prefix}N' grid needs the process's alphas_cumprod")
+                return make(alphas_cumprod, want)
         if spec.startswith("ddim"):
             try:
                 want = int(spec[len("ddim"):])

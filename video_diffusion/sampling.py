@@ -26,7 +26,7 @@ so w = 1 is plain conditional sampling (and skips the second pass), w > 1 follow
 given frames more strongly, w = 0 ignores them.
 
 The step grid is the respaced process's kept timesteps (``respace.space_timesteps``):
-uniform in t, or Karras et al.'s sigma spacing (``karrasN``).
+uniform in t, Karras et al.'s sigma spacing (``karrasN``), or even in log-SNR (``logsnrN``).
 
 Randomness is per video: ``generators`` holds one generator per video, so a video's
 result depends on its own seed only, not on the batch it shares or the number of ranks.
@@ -223,7 +223,7 @@ SAMPLERS: Dict[str, SamplerSpec] = {
                             "two evaluations per step, deterministic",
                             lambda s: 2 * s - 1, lambda e: max(1, (e + 1) // 2), False, 19),
 }
-GRIDS = ("uniform", "karras")
+GRIDS = ("uniform", "karras", "logsnr")
 
 
 def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Sequence[torch.Generator], *,
