@@ -12,8 +12,9 @@ reports, over the generated frames:
   quality (ancestral DDPM solves another equation: its figure there is only a spread).
 The table goes to stdout and, with --out_dir, to samplers.md and samplers.json (every figure),
 rewritten after every row: a full grid takes hours on a CPU, so a rerun with the same --out_dir
-and the same settings keeps the rows already measured and measures only the missing ones
-(other settings there are an error naming them).
+and the same settings keeps the rows already measured and measures only the missing ones, and
+a rerun with other samplers, grids or budgets adds its rows to the folder's table (other
+settings there are an error naming them).
 Time it on an otherwise idle machine: the seconds per video are part of the table.
 """
 
@@ -206,12 +207,11 @@ def main(argv=None):
               + (f"FVD {row['fvd']:.0f} +- {row['fvd_std']:.0f} | " if fvd else "")
               + f"{row['s_per_video']:.2f} s/video", flush=True)
         if args.out_dir:  # after every row: hours of sampling survive an interruption
-            write_results(args.out_dir, settings, rows + [r for k, r in done.items() if r not in rows],
-                          format_table(rows, fvd_head))
-    table = format_table(rows, fvd_head)
-    print(table)
-    if args.out_dir:
-        write_results(args.out_dir, settings, rows, table)
+            kept = {**done, **{row_key(r): r for r in rows}}  # earlier rows stay
+            ordered = [kept[k] for k in sorted(kept, key=lambda k: (list(SAMPLERS).index(k[0]), GRIDS.index(k[1]),
+                                                                      k[2] or 10 ** 9))]
+            write_results(args.out_dir, settings, ordered, format_table(ordered, fvd_head))
+    print(format_table(rows, fvd_head))
     return 0
 
 

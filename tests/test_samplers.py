@@ -160,7 +160,7 @@ def test_the_comparison_script_writes_its_table(tmp_path):
     import json
 
     rows = json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"]
-    assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddim", 2), ("dpmpp_2m", 2), ("ddim", 4)]
+    assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddim", 2), ("ddim", 4), ("dpmpp_2m", 2)]
     assert all(len(r["per_seed"]["psnr"]) == 2 for r in rows)
     assert all(len(r["per_seed"]["fvd"]) == 2 and r["fvd"] > 0 for r in rows)  # generation's FVD per seed
     table = (tmp_path / "out" / "samplers.md").read_text()
@@ -168,16 +168,27 @@ def test_the_comparison_script_writes_its_table(tmp_path):
 
     # A rerun into the same folder keeps the rows measured (a marked value survives) and measures only new ones.
     data = json.loads((tmp_path / "out" / "samplers.json").read_text())
-    data["rows"][1]["psnr"] = -123.0
+    data["rows"][2]["psnr"] = -123.0  # dpmpp_2m, 2
     (tmp_path / "out" / "samplers.json").write_text(json.dumps(data))
     args[args.index("--evaluations") + 1] = "2,3"
     proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("measured earlier") == 3
     rows = json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"]
-    assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("dpmpp_2m", 2),
-                                                                ("dpmpp_2m", 3), ("ddim", 4)]
-    assert rows[2]["psnr"] == -123.0 and rows[1]["psnr"] > 0
+    assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddim", 2), ("ddim", 3), ("ddim", 4),
+                                                                ("dpmpp_2m", 2), ("dpmpp_2m", 3)]
+    assert rows[3]["psnr"] == -123.0 and rows[1]["psnr"] > 0
+    # Another grid into the same folder adds its rows; the earlier ones stay.
+    args[args.index("--grids") + 1] = "karras"
+    args[args.index("--samplers") + 1] = "dpmpp_2m"
+    args[args.index("--evaluations") + 1] = "3"
+    args[args.index("--baseline") + 1] = ""
+    proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"]
+    assert [(r["sampler"], r["grid"], r["evaluations"]) for r in rows][3:] == [
+        ("dpmpp_2m", "uniform", 2), ("dpmpp_2m", "uniform", 3), ("dpmpp_2m", "karras", 3)]
+    assert len(rows) == 6 and (tmp_path / "out" / "samplers.md").read_text().count("\n") == 8
     # Other settings in the same folder: refused, naming what differs; nothing overwritten.
     args[args.index("--seeds") + 1] = "0,5"
     proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
