@@ -86,7 +86,7 @@ def test_a_second_run_never_overwrites_the_first(checkpoints, tmp_path):
 def test_default_sampler_is_dpmpp_2m_20_and_others_are_one_flag_away(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path / "d", "--num_samples", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "sampler dpmpp_2m, 20 steps (20 network evaluations), uniform grid" in proc.stdout
+    assert "sampler dpmpp_2m, 20 steps (20 network evaluations), logsnr grid" in proc.stdout
     proc = sample(checkpoints["masked"], tmp_path / "i", "--num_samples", "1", "--sampler", "ddim")
     assert proc.returncode == 0, proc.stderr
     assert "sampler ddim, 50 steps (50 network evaluations), uniform grid, eta 0" in proc.stdout

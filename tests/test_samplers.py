@@ -131,6 +131,20 @@ def test_logsnr_grid(schedule):
         assert lam[kept[-2]] < top + (lam[0] - top) / 19 + 0.2  # the first step lands just above the cap
 
 
+def test_the_default_grid_is_the_samplers_own():
+    from video_diffusion.sample_util import SampleOptions, grid_of, sampling_diffusion
+
+    cfg = micro_config(diffusion_steps=1000)
+    abar = create_diffusion(cfg).alphas_cumprod
+    default = SampleOptions()
+    assert (default.sampler, grid_of(default)) == ("dpmpp_2m", "logsnr")
+    assert sampling_diffusion(cfg, default).timestep_map == sorted(logsnr_timesteps(abar, 20))
+    ddim = SampleOptions(sampler="ddim")  # DDIM keeps its own strides, 0, 20, ..., 980
+    assert grid_of(ddim) == "uniform" and sampling_diffusion(cfg, ddim).timestep_map == list(range(0, 1000, 20))
+    chosen = SampleOptions(grid="karras", steps=10)  # an explicit --grid wins
+    assert sampling_diffusion(cfg, chosen).timestep_map == sorted(karras_timesteps(abar, 10))
+
+
 def choices_of(script):
     text = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"], env=script_env(),
                           capture_output=True, text=True, timeout=120).stdout

@@ -48,9 +48,11 @@ class SampleOptions:
     steps: int = _opt(-1, "network evaluations per window: -1 = the sampler's default ("
                           + ", ".join(f"{k}: {v.default_evaluations or 'all diffusion steps'}" for k, v in SAMPLERS.items())
                           + "), 0 = all diffusion steps")
-    grid: str = _opt("uniform", "where the steps lie: 'uniform' in t (DDIM's strides for ddim), 'karras' "
-                                "(Karras et al.'s sigma spacing, dense at low noise) or 'logsnr' (even in "
-                                "log-SNR, DPM-Solver's step variable)", choices=GRIDS)
+    grid: str = _opt("auto", "where the steps lie: 'uniform' in t (DDIM's strides for ddim), 'karras' "
+                             "(Karras et al.'s sigma spacing, dense at low noise), 'logsnr' (even in log-SNR, "
+                             "DPM-Solver's step variable) or 'auto', the sampler's own ("
+                             + ", ".join(f"{k}: {v.default_grid}" for k, v in SAMPLERS.items()) + ")",
+                     choices=("auto",) + GRIDS)
     eta: float = _opt(0.0, "DDIM noise scale (0 = deterministic)")
     precision: str = _opt("fp32", "'fp32', or 'bf16' autocast of the network (GPU: about twice as fast)",
                           choices=("fp32", "bf16"))
@@ -115,17 +117,23 @@ def sampling_respacing(opts: SampleOptions, num_timesteps: int) -> str:
     if evaluations > SAMPLERS[opts.sampler].evaluations(num_timesteps):
         raise ValueError(f"--steps {evaluations} exceeds the model's {num_timesteps} diffusion steps")
     steps = SAMPLERS[opts.sampler].steps_for(evaluations) if evaluations else num_timesteps
-    if opts.grid != "uniform":
-        return f"{opts.grid}{min(steps, num_timesteps)}"
+    grid = grid_of(opts)
+    if grid != "uniform":
+        return f"{grid}{min(steps, num_timesteps)}"
     if steps >= num_timesteps:
         return ""
     return f"ddim{steps}" if opts.sampler == "ddim" else str(steps)
 
 
+def grid_of(opts: SampleOptions) -> str:
+    """The step grid ``opts`` samples on: --grid, or with 'auto' the sampler's own."""
+    return SAMPLERS[opts.sampler].default_grid if opts.grid == "auto" else opts.grid
+
+
 def describe_sampler(opts: SampleOptions, diffusion) -> str:
     spec = SAMPLERS[opts.sampler]
     steps = diffusion.num_timesteps
-    text = f"{opts.sampler}, {steps} steps ({spec.evaluations(steps)} network evaluations), {opts.grid} grid"
+    text = f"{opts.sampler}, {steps} steps ({spec.evaluations(steps)} network evaluations), {grid_of(opts)} grid"
     if opts.sampler == "ddim":
         text += f", eta {opts.eta:g}"
     return text
