@@ -99,7 +99,9 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=32, help="videos per forward pass")
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated samplers to compare")
     p.add_argument("--grids", default="uniform,karras", help=f"comma-separated grids ({', '.join(GRIDS)})")
-    p.add_argument("--evaluations", default="5,10,20,50,100", help="network evaluations per video to try")
+    p.add_argument("--evaluations", default="5,10,20,50,100",
+                   help="network evaluations per video to try (0 = every diffusion step, e.g. ancestral DDPM's "
+                        "usual 1000)")
     p.add_argument("--baseline", default="ddim:50,100",
                    help="SAMPLER:E1,E2: also run this sampler (uniform grid) at these larger budgets, the "
                         "quality the others are held against")
@@ -126,6 +128,8 @@ def main(argv=None):
         seeds = parse_list(args.seeds, int, "--seeds")
         baseline_sampler, _, spec = args.baseline.partition(":")
         baseline_budgets = parse_list(spec, int, "--baseline")
+        if any(e < 0 for e in budgets + baseline_budgets):
+            raise ValueError("--evaluations and --baseline budgets must be >= 0 (0 = every diffusion step)")
         bad = [s for s in samplers + ([baseline_sampler] if baseline_sampler else []) if s not in SAMPLERS] \
             + [g for g in grids if g not in GRIDS]
         if bad:
@@ -162,11 +166,9 @@ def main(argv=None):
         return references[seed]
 
     configs = [(s, g, e) for s in samplers for g in grids for e in budgets
-               if not (s == "ddim" and g != "uniform")]  # DDIM's uniform grid is its own convention
+               if not (s in ("ddim", "ddpm") and g != "uniform")]  # their uniform strides are their own
     if baseline_sampler:
         configs += [(baseline_sampler, "uniform", e) for e in baseline_budgets]
-    configs += [("ddpm", "uniform", 0)] if "ddpm" in samplers else []
-    configs = [c for c in configs if not (c[0] == "ddpm" and c[2])]  # ancestral sampling: every step only
     fvd_head = f" FVD ({args.fvd_videos} generated x {args.fvd_frames} frames) |" if i3d is not None else ""
     rows = []
     for sampler, grid, evaluations in configs:

@@ -208,3 +208,18 @@ def test_the_comparison_script_writes_its_table(tmp_path):
     proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "seeds" in proc.stderr and "--out_dir" in proc.stderr, proc.stderr
     assert json.loads((tmp_path / "out" / "samplers.json").read_text())["rows"] == rows
+    # Ancestral DDPM at a budget and on every step (0); a negative budget is refused.
+    cfg_steps = micro_config(tmp_path).diffusion.diffusion_steps
+    args[args.index("--samplers") + 1] = "ddpm"
+    args[args.index("--seeds") + 1] = "0,1"
+    args[args.index("--evaluations") + 1] = "0,2"
+    args[args.index("--grids") + 1] = "uniform"
+    args[args.index("--out_dir") + 1] = str(tmp_path / "ddpm")
+    args[args.index("--fvd_videos") + 1] = "0"
+    proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "ddpm" / "samplers.json").read_text())["rows"]
+    assert [(r["sampler"], r["evaluations"]) for r in rows] == [("ddpm", 2), ("ddpm", cfg_steps)]
+    args[args.index("--evaluations") + 1] = "-1"
+    proc = subprocess.run(args, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--evaluations" in proc.stderr, proc.stderr
