@@ -63,7 +63,7 @@ def earlier_rows(out_dir, settings):
     try:
         earlier = json.loads(path.read_text())
         rows = {row_key(r): r for r in earlier["rows"]}
-        changed = sorted(k for k in settings if earlier.get("settings", {}).get(k) != settings[k])
+        changed = sorted(k for k in settings if earlier.get(k) != settings[k])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a comparison this script wrote ({e}); use another --out_dir") from None
     if changed:
@@ -76,7 +76,7 @@ def write_results(out_dir, settings, rows, table):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / "samplers.md", lambda f: f.write((table + "\n").encode()))
-    write_json(out / "samplers.json", {**settings, "settings": settings, "rows": rows})
+    write_json(out / "samplers.json", {**settings, "rows": rows})
 
 
 def format_table(rows, fvd_head):
