@@ -31,6 +31,46 @@ def test_digits_move_and_stay_in_the_frame():
         assert np.abs(np.diff(centroids, axis=0)).sum() > 1  # and it moves
 
 
+def _continue(first, second, limits, num_frames):
+    """The corners a digit takes after two observed corners, if its velocity is their difference
+    and it reflects off the borders (written out here independently of the generator)."""
+    pos, vel, out = second.copy(), second - first, [first, second]
+    for _ in range(num_frames - 2):
+        pos = pos + vel
+        for k in range(2):
+            if pos[k] < 0:
+                pos[k], vel[k] = -pos[k], -vel[k]
+            elif pos[k] > limits[k]:
+                pos[k], vel[k] = 2 * limits[k] - pos[k], -vel[k]
+        out.append(pos.copy())
+    return np.stack(out)
+
+
+def test_digit_motion_is_whole_pixels_and_two_frames_determine_it():
+    data = MovingDigits(32, 12, seed=4)
+    bounces = checked = 0
+    for index in range(400):
+        for digit in data.scene(index):
+            assert digit.pos.dtype.kind == "i" and digit.vel.dtype.kind == "i"
+            assert (digit.vel != 0).any()  # every digit moves
+            corners = data.corners(digit, 12)
+            steps = np.diff(corners, axis=0)
+            bounces += int((np.sign(steps[1:]) * np.sign(steps[:-1]) < 0).any())
+            if (steps[0] == digit.vel).all():  # no bounce between the two given frames
+                checked += 1
+                predicted = _continue(corners[0], corners[1], data.limits(digit.glyph), 12)
+                assert (predicted == corners).all(), (index, corners, predicted)
+    assert checked > 500 and bounces > 100  # many digits, many of them bouncing later
+
+
+def test_still_digits_do_not_move_and_say_so_in_the_fingerprint():
+    moving, still = MovingDigits(32, 6, seed=1), MovingDigits(32, 6, seed=1, still=True)
+    frames = still.frames(3)
+    assert (frames == frames[:1]).all() and frames.max() > 0
+    assert moving.fingerprint()["motion"] == "pixel" and "still" not in moving.fingerprint()
+    assert still.fingerprint()["still"] is True
+
+
 def test_bad_dataset_arguments():
     with pytest.raises(ValueError, match="channels"):
         MovingDigits(32, 4, channels=2)

@@ -4,6 +4,12 @@ The embedded default dataset: moving digits, generated on the fly.
 Each video has one or two digits drawn with Pillow's built-in scalable font, moving at
 constant velocity and bouncing off the borders. Video i is a pure function of
 (seed, i), so every rank, worker and resumed run sees the same data without a file.
+
+Motion is on the pixel grid, as in Stochastic Moving MNIST: a digit starts at a whole-pixel
+corner and moves by a whole number of pixels per frame in each direction, reflecting off
+the borders. So two consecutive frames of a digit determine all of its motion (the bounce
+is deterministic too); only occlusions, where two digits overlap, hide anything. One frame
+leaves the velocity open, and generation leaves everything open: those tasks stay stochastic.
 """
 
 from functools import cached_property
@@ -21,8 +27,35 @@ SPEED = (0.04, 0.1)
 class Digit(NamedTuple):
     glyph: np.ndarray  # [h, w] in [0, 1]
     colour: np.ndarray  # [C] in [0.4, 1] (ones for grayscale)
-    pos: np.ndarray  # top-left corner (y, x) in the first frame, before rounding
-    vel: np.ndarray  # (dy, dx) in pixels per frame
+    pos: np.ndarray  # top-left corner (y, x) in the first frame, whole pixels
+    vel: np.ndarray  # (dy, dx) in whole pixels per frame
+
+
+def draw_motion(rng: np.random.Generator, limits, image_size: int, size=None, still: bool = False):
+    """
+    Whole-pixel start corners and velocities from the generator's prior: the corner uniform
+    over the positions that keep the glyph inside the frame, the speed uniform in ``SPEED``
+    (frame sizes per frame) in a uniform direction, each component rounded to whole pixels;
+    a velocity that rounds to (0, 0) moves one pixel along its larger component instead.
+
+    :param limits: (y, x) largest corner that keeps the glyph inside.
+    :param size: None for one motion, or the number of motions to draw at once.
+    :param still: every velocity (0, 0) (a test option: the exact answer is a given frame).
+    :return: (pos, vel) int64 arrays [2] or [size, 2].
+    """
+    shape = () if size is None else (size,)
+    pos = rng.integers(0, np.asarray(limits) + 1, size=(*shape, 2))
+    angle = rng.uniform(0, 2 * np.pi, size=shape)
+    speed = rng.uniform(*SPEED, size=shape) * image_size
+    direction = np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+    vel = np.round(speed[..., None] * direction).astype(np.int64)
+    zero = (vel == 0).all(axis=-1)
+    larger = np.abs(direction).argmax(axis=-1)
+    unit = np.where(np.arange(2) == larger[..., None], np.sign(direction), 0).astype(np.int64)
+    vel = np.where(zero[..., None], unit, vel)
+    if still:
+        vel = np.zeros_like(vel)
+    return pos.astype(np.int64), vel
 
 
 class MovingDigits(torch.utils.data.Dataset):
@@ -32,23 +65,31 @@ class MovingDigits(torch.utils.data.Dataset):
     :param channels: 3 (each digit a random bright colour) or 1 (white digits).
     :param num_videos: dataset length (videos are generated, so this is only the epoch size).
     :param seed: data seed; the same seed gives the same videos.
+    :param still: digits do not move (a test option: copying a given frame is then exact).
     """
 
-    def __init__(self, image_size: int, seq_len: int, channels: int = 3, num_videos: int = 100_000, seed: int = 0):
+    def __init__(self, image_size: int, seq_len: int, channels: int = 3, num_videos: int = 100_000, seed: int = 0,
+                 still: bool = False):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8 for moving digits, got {image_size}")
         self.image_size, self.seq_len, self.channels = image_size, seq_len, channels
-        self.num_videos, self.seed = num_videos, seed
+        self.num_videos, self.seed, self.still = num_videos, seed, still
 
     def __len__(self):
         return self.num_videos
 
     def fingerprint(self) -> dict:
         """What identifies the data: the generator's parameters (the videos are a function of them)."""
-        return {"source": "moving-digits", "image_size": self.image_size, "seq_len": self.seq_len,
-                "channels": self.channels, "videos": self.num_videos, "seed": self.seed}
+        # "motion" names the generator's version: "pixel" (whole-pixel corners and velocities)
+        # replaced continuous motion rounded to pixels, so a run trained on the old videos
+        # is told on resume that its data changed.
+        out = {"source": "moving-digits", "motion": "pixel", "image_size": self.image_size, "seq_len": self.seq_len,
+               "channels": self.channels, "videos": self.num_videos, "seed": self.seed}
+        if self.still:
+            out["still"] = True
+        return out
 
     @cached_property
     def glyphs(self):
@@ -73,9 +114,7 @@ class MovingDigits(torch.utils.data.Dataset):
             glyph = self.glyphs[rng.integers(10)]
             gh, gw = glyph.shape
             colour = rng.uniform(0.4, 1.0, size=self.channels) if self.channels == 3 else np.ones(1)
-            pos = rng.uniform(0, [s - gh, s - gw])
-            angle = rng.uniform(0, 2 * np.pi)
-            vel = rng.uniform(*SPEED) * s * np.array([np.sin(angle), np.cos(angle)])
+            pos, vel = draw_motion(rng, self.limits(glyph), s, still=self.still)
             digits.append(Digit(glyph, colour, pos, vel))
         return digits
 
@@ -85,21 +124,21 @@ class MovingDigits(torch.utils.data.Dataset):
 
     def corners(self, digit: Digit, num_frames: int) -> np.ndarray:
         """
-        Integer top-left corners [..., num_frames, 2] of a digit moving from its position,
-        bouncing off the borders. ``digit.pos`` and ``digit.vel`` may be batches [..., 2]
-        (many candidate motions of one glyph at once).
+        Top-left corners [..., num_frames, 2] of a digit moving from its position, bouncing
+        off the borders; all whole pixels. ``digit.pos`` and ``digit.vel`` may be batches
+        [..., 2] (many candidate motions of one glyph at once).
         """
-        limits = np.array(self.limits(digit.glyph), dtype=np.float64)
-        pos, vel = np.array(digit.pos, dtype=np.float64), np.array(digit.vel, dtype=np.float64)
+        limits = np.array(self.limits(digit.glyph), dtype=np.int64)
+        pos, vel = np.array(digit.pos, dtype=np.int64), np.array(digit.vel, dtype=np.int64)
         out = np.zeros((*pos.shape[:-1], num_frames, 2), dtype=np.int64)
         for f in range(num_frames):
-            out[..., f, :] = np.round(pos).astype(int)
+            out[..., f, :] = pos
             pos = pos + vel
             # reflect off the borders (a position is below 0 or above the limit, never both)
             low, high = pos < 0, pos > limits
             pos = np.where(low, -pos, np.where(high, 2 * limits - pos, pos))
             vel = np.where(low | high, -vel, vel)
-            pos = np.clip(pos, 0.0, limits)
+            pos = np.clip(pos, 0, limits)
         return out
 
     def render(self, digits: Sequence[Digit], corners: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,13 +1,13 @@
 """
 What a perfect model can score on the embedded moving digits.
 
-The generator rounds each digit's corner to whole pixels, so the given frames pin a digit's
-continuous position and velocity only to a set of values: the frames after them are
-uncertain, and no model predicts them exactly. Here that uncertainty is sampled exactly:
-each digit's motion is drawn from the generator's own prior (position, speed, direction),
-kept only when it reproduces the digit's corners in every given frame (rejection sampling),
-and rendered. Glyph and colour are taken as known, so the figures are an upper bound for
-any model: a perfect diffusion model draws exactly these samples.
+The generator moves each digit by whole pixels, so two consecutive given frames determine a
+digit's motion and a perfect model predicts it exactly (up to occlusions, where two digits
+overlap in a given frame and hide a corner); from one frame the velocity stays open. That
+uncertainty is sampled exactly here: each digit's motion is drawn from the generator's own
+prior (corner, speed, direction), kept only when it reproduces the digit's corners in every
+given frame (rejection sampling), and rendered. Glyph and colour are taken as known, so the
+figures are an upper bound for any model: a perfect diffusion model draws exactly these samples.
 """
 
 from typing import Dict, List, Sequence
@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from ..data.synthetic import SPEED, Digit, MovingDigits
+from ..data.synthetic import Digit, MovingDigits, draw_motion
 from .metrics import best_and_mean
 
 
@@ -32,8 +32,7 @@ def posterior_motions(ds: MovingDigits, digit: Digit, given: Sequence[int], num:
     """
     given = np.asarray(sorted(given))
     observed = ds.corners(digit, ds.seq_len)[given]
-    limits = np.array(ds.limits(digit.glyph), dtype=np.float64)
-    s = ds.image_size
+    limits = ds.limits(digit.glyph)
     kept_pos, kept_vel = [], []
     draws = 0
     while sum(len(p) for p in kept_pos) < num:
@@ -41,14 +40,9 @@ def posterior_motions(ds: MovingDigits, digit: Digit, given: Sequence[int], num:
             raise RuntimeError(f"only {sum(len(p) for p in kept_pos)} of {num} motions matched the given "
                                f"frames in {max_draws} draws")
         draws += batch
-        pos = rng.uniform(0, limits, size=(batch, 2))
-        angle = rng.uniform(0, 2 * np.pi, size=batch)
-        vel = rng.uniform(*SPEED, size=batch)[:, None] * s * np.stack([np.sin(angle), np.cos(angle)], axis=1)
+        pos, vel = draw_motion(rng, limits, ds.image_size, size=batch, still=ds.still)
         if given[0] == 0:
-            # the first corner is given: draw the position inside its pixel only (the same prior, cheaper)
-            pos = observed[0] + rng.uniform(-0.5, 0.5, size=(batch, 2))
-            inside = ((pos >= 0) & (pos <= limits)).all(axis=1)
-            pos, vel = pos[inside], vel[inside]
+            pos[:] = observed[0]  # the first corner is given: the prior conditioned on it, cheaper
         corners = ds.corners(Digit(digit.glyph, digit.colour, pos, vel), ds.seq_len)[:, given]
         match = (corners == observed).all(axis=(1, 2))
         kept_pos.append(pos[match])
