@@ -33,6 +33,8 @@ def create_model(cfg: Config) -> UNet3D:
         conv_type=m.conv_type,
         patch_size=m.patch_size,
         given_frame_input=m.given_frame_input,
+        norm=m.norm,
+        output_head=m.output_head,
         num_classes=m.num_classes or None,
     )
 
@@ -54,7 +56,8 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None) -> GaussianDif
     kwargs = dict(betas=get_named_beta_schedule(d.noise_schedule, d.diffusion_steps), model_mean_type=mean_type,
                   model_var_type=var_type,
                   loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
-                  min_snr_gamma=d.min_snr_gamma)
+                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
+                  prior_mean=cfg.model.output_head == "warp")
     if not respacing:
         return GaussianDiffusion(**kwargs)
     abar = np.cumprod(1.0 - kwargs["betas"])

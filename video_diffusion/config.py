@@ -43,6 +43,11 @@ class ModelConfig:
     mask_input: bool = _f(True, "tell the network which frames are observed (False = RaMViD's unaware network)")
     given_frame_input: bool = _f(False, "also give every frame the nearest given frame as input channels "
                                         "(content to carry forward is at hand locally); needs --mask_input")
+    norm: str = _f("group", "normalisation: 'group' (GroupNorm over the video) or 'channel' (across channels at "
+                   "each pixel, which keeps a digit's colour)", choices=("group", "channel"))
+    output_head: str = _f("direct", "'direct' (the output is the prediction) or 'warp' (warp the nearest given "
+                          "frame by a predicted velocity, blended with a synthesis); 'warp' needs "
+                          "--given_frame_input", choices=("direct", "warp"))
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -53,6 +58,9 @@ class DiffusionConfig:
     timestep_respacing: str = _f("", "train/sample on a subset of steps: 'ddim50' or counts '250' / '10,20'")
     predict_xstart: bool = _f(False, "the network predicts x_0 instead of the noise")
     predict_v: bool = _f(False, "the network predicts v = sqrt(abar) eps - sqrt(1-abar) x_0")
+    sigma_data: float = _f(0.0, "with --predict_xstart: EDM's preconditioning x_0 = c_skip x + c_out F "
+                                "(x = x_t / sqrt(abar); near-clean inputs pass through) for data of this std, "
+                                "e.g. 0.5; 0 = the network's output F is x_0")
     min_snr_gamma: float = _f(0.0, "Min-SNR-gamma loss weighting (e.g. 5); 0 = off")
     sigma_small: bool = _f(False, "fixed variance: posterior variance (True) or beta_t (False); ignored with learn_sigma")
     rescale_learned_sigmas: bool = _f(True, "loss 'rescaled MSE': scale the VB term by T/1000")
@@ -222,6 +230,16 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"--dropout must lie in [0, 1), got {m.dropout}")
     if d.predict_xstart and d.predict_v:
         raise ValueError("--predict_xstart and --predict_v are exclusive: pick one parameterisation")
+    if d.sigma_data < 0:
+        raise ValueError(f"--sigma_data must be >= 0 (0 = off), got {d.sigma_data}")
+    if d.sigma_data > 0 and not d.predict_xstart:
+        raise ValueError("--sigma_data needs --predict_xstart: the skip is written on the x_0 prediction")
+    if m.output_head == "warp" and not m.given_frame_input:
+        raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
+    if m.output_head == "warp" and not d.predict_xstart:
+        raise ValueError("--output_head warp needs --predict_xstart: x_0 is written around the warped frame")
+    if m.output_head == "warp" and m.learn_sigma:
+        raise ValueError("--output_head warp predicts frames only; it cannot be combined with --learn_sigma")
     if d.min_snr_gamma < 0:
         raise ValueError(f"--min_snr_gamma must be >= 0 (0 = off), got {d.min_snr_gamma}")
     from .gaussian_diffusion import get_named_beta_schedule

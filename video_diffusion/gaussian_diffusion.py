@@ -84,12 +84,31 @@ class GaussianDiffusion:
     :param min_snr_gamma: if > 0, weight each video's MSE by min(SNR_t, gamma) relative to
         the epsilon loss (Hang et al. 2023, "Min-SNR weighting"); 0 = unweighted MSE of the
         network's own target.
+    :param sigma_data: with x_0 prediction, if > 0 the network's output F is turned into
+        x_0 = c_skip x + c_out F with x = x_t / sqrt(abar), c_skip = sd^2 / (sigma^2 + sd^2),
+        c_out = sigma sd / sqrt(sigma^2 + sd^2), sigma^2 = (1 - abar) / abar, sd = sigma_data:
+        EDM's preconditioning (Karras et al. 2022). Near-clean inputs pass through without the
+        network having to learn the identity, and F's target has unit variance at every noise
+        level (it moves from -noise at low noise to x_0 / sd at high noise); the loss is then
+        EDM's, the x_0 MSE weighted by 1 / c_out^2 (the "mse" term stays the x_0 MSE).
+    :param prior_mean: with x_0 prediction, the network outputs [F, W] (2C channels), W a
+        prior mean of x_0 such as the nearest given frame warped to where its content moves
+        (``unet.WarpHead``); x_0 is written around it: W + c_skip (x - W) + c_out F, or W + F
+        without ``sigma_data``.
     """
 
     def __init__(self, *, betas, model_mean_type: ModelMeanType, model_var_type: ModelVarType,
-                 loss_type: LossType, min_snr_gamma: float = 0.0):
+                 loss_type: LossType, min_snr_gamma: float = 0.0, sigma_data: float = 0.0,
+                 prior_mean: bool = False):
         if min_snr_gamma < 0:
             raise ValueError(f"--min_snr_gamma must be >= 0, got {min_snr_gamma}")
+        if sigma_data < 0:
+            raise ValueError(f"--sigma_data must be >= 0, got {sigma_data}")
+        if sigma_data > 0 and model_mean_type != ModelMeanType.START_X:
+            raise ValueError("--sigma_data needs --predict_xstart (the skip is written on x_0)")
+        if prior_mean and (model_mean_type != ModelMeanType.START_X or model_var_type == ModelVarType.LEARNED_RANGE):
+            raise ValueError("a prior-mean output (--output_head warp) needs --predict_xstart and a fixed variance")
+        self.sigma_data, self.prior_mean = sigma_data, prior_mean
         self.min_snr_gamma = min_snr_gamma
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
@@ -113,6 +132,10 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        sigma2 = (1.0 - self.alphas_cumprod) / self.alphas_cumprod  # EDM's sigma^2 of each step
+        sd2 = sigma_data ** 2
+        self.edm_c_skip = sd2 / (sigma2 + sd2) if sigma_data else np.zeros_like(sigma2)
+        self.edm_c_out = np.sqrt(sigma2 * sd2 / (sigma2 + sd2)) if sigma_data else np.ones_like(sigma2)
         self._device_cache: Dict = {}
 
     # ------------------------------------------------------------------ helpers
@@ -188,6 +211,26 @@ class GaussianDiffusion:
         nd = x_t.ndim
         return self.extract("sqrt_alphas_cumprod", t, nd) * x_t - self.extract("sqrt_one_minus_alphas_cumprod", t, nd) * v
 
+    def xstart_from_output(self, out, x_t, t):
+        """
+        The x_0 an x_0-predicting network's output stands for: the output itself, or with
+        ``sigma_data`` / ``prior_mean`` the preconditioned W + c_skip (x - W) + c_out F.
+
+        :param out: [N, C, ...] F, or [N, 2C, ...] [F, W] with ``prior_mean``.
+        :param x_t: [N, C, ...] the network's input.
+        :param t: [N] timesteps.
+        """
+        c = x_t.shape[1]
+        correction, prior = (out[:, :c], out[:, c:]) if self.prior_mean else (out, None)
+        if self.sigma_data == 0:
+            return correction if prior is None else prior + correction
+        nd = x_t.ndim
+        x = self.extract("sqrt_recip_alphas_cumprod", t, nd) * x_t
+        skip, scale = self.extract("edm_c_skip", t, nd), self.extract("edm_c_out", t, nd)
+        if prior is None:
+            return skip * x + scale * correction
+        return prior + skip * (x - prior) + scale * correction
+
     def get_v(self, x_start, noise, t):
         """v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)."""
         nd = x_start.ndim
@@ -196,6 +239,11 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ reverse process
     def split_model_output(self, model_output, channels: int):
         """Split a learned-sigma output into (mean part, variance part); variance part is None otherwise."""
+        if self.prior_mean:
+            if model_output.shape[1] != 2 * channels:
+                raise ValueError(f"a prior-mean model must output {2 * channels} channels ([F, W]), got "
+                                 f"{model_output.shape[1]}")
+            return model_output, None
         if self.model_var_type == ModelVarType.LEARNED_RANGE:
             if model_output.shape[1] != 2 * channels:
                 raise ValueError(f"a learned-sigma model must output {2 * channels} channels, got {model_output.shape[1]}")
@@ -234,7 +282,7 @@ class GaussianDiffusion:
         elif self.model_mean_type == ModelMeanType.V:
             pred_xstart = self.predict_xstart_from_v(x_t, t, out)
         else:
-            pred_xstart = out
+            pred_xstart = self.xstart_from_output(out, x_t, t)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
@@ -322,8 +370,14 @@ class GaussianDiffusion:
             target = self.get_v(x_start, noise, t)
         else:
             target = x_start
+            out = self.xstart_from_output(out.float(), x_t, t)
         terms["mse"] = masked_mean((target - out.float()) ** 2, gen_weight)
         mse = terms["mse"] * self.snr_loss_weight(t) if self.min_snr_gamma > 0 else terms["mse"]
+        if self.sigma_data > 0:
+            # EDM's weight 1 / c_out^2: the loss of F itself, whose target has unit scale at every
+            # level. Unweighted, low noise would count ~sigma^2 and F would never learn to take
+            # the noise out of the input that the skip passes through.
+            mse = mse / self.extract("edm_c_out", t, 1) ** 2
         terms["loss"] = mse + terms.get("vb", 0.0)
         return terms
 

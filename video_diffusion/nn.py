@@ -13,8 +13,45 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
-def normalization(channels: int) -> nn.Module:
-    """GroupNorm with 32 groups, or fewer when ``channels`` is small (tiny test models)."""
+class ChannelNorm(nn.Module):
+    """
+    Normalisation over the channels at each position (LayerNorm of every pixel's feature
+    vector, as ConvNeXt and DiT normalise tokens), in float32.
+
+    Why it exists: GroupNorm standardises each group over the whole video, so a feature
+    linear in the pixels of a one-coloured digit on black comes out the same whatever the
+    digit's colour or brightness (only its sign survives), and the network cannot carry a
+    given digit's colour at all. Normalising across channels at each pixel keeps the
+    direction of the feature vector, where the colour is.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        h = x.float()
+        mean = h.mean(dim=1, keepdim=True)
+        var = h.var(dim=1, keepdim=True, unbiased=False)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        h = (h - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        return h.type(x.dtype)
+
+
+NORMS = ("group", "channel")
+
+
+def normalization(channels: int, norm: str = "group") -> nn.Module:
+    """
+    ``"group"``: GroupNorm with 32 groups, or fewer when ``channels`` is small (tiny test
+    models); ``"channel"``: ``ChannelNorm``.
+    """
+    if norm == "channel":
+        return ChannelNorm(channels)
+    if norm != "group":
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     groups = math.gcd(32, channels)
     return GroupNorm32(groups, channels)
 

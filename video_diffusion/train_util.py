@@ -349,6 +349,17 @@ class TrainLoop:
         return {}
 
     # ------------------------------------------------------------------ the loop
+    def _time_left(self) -> str:
+        """' | 4m10s left' at the pace of this process so far (previews and saves included)."""
+        start = getattr(self, "_run_start", None)
+        done = self.step - (start[1] if start else self.step)
+        if not done:
+            return ""
+        left = (self.cfg.train.max_steps - self.step) * (time.perf_counter() - start[0]) / done
+        minutes, seconds = divmod(int(round(left)), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f" | {f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'} left"
+
     def _reset_log_window(self):
         self.window.reset()
         self._log_time = time.perf_counter()
@@ -391,7 +402,8 @@ class TrainLoop:
                              f"gradient step(s) skipped")
         self.logger.info(f"step {self.step:>7d} | loss {row['loss']:.4f} | mse {row['mse']:.4f}"
                          + (f" | vb {row['vb']:.4f}" if row["vb"] != "" else "")
-                         + f" | grad {row['grad_norm']:.3f} | lr {lr:.2e} | {row['videos_per_s']:.1f} videos/s")
+                         + f" | grad {row['grad_norm']:.3f} | lr {lr:.2e} | {row['videos_per_s']:.1f} videos/s"
+                         + self._time_left())
         self._reset_log_window()
         return row
 
@@ -420,6 +432,7 @@ class TrainLoop:
                          f"({self.ctx.device}), global batch {self.global_batch}, from step {self.step} "
                          f"to {t.max_steps}")
         bar = self.logger.progress_bar(total=t.max_steps, initial=self.step)
+        self._run_start = (time.perf_counter(), self.step)
         self._reset_log_window()
         last_saved, save_due = self.step, False
         while self.step < t.max_steps:

@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from .nn import normalization, timestep_embedding, zero_module
+from .nn import NORMS, normalization, timestep_embedding, zero_module
 
 ATTENTION_TYPES = ("factorized", "full")
+OUTPUT_HEADS = ("direct", "warp")
 
 
 CONV_TYPES = ("3d", "2+1d")
@@ -136,16 +137,16 @@ class ResBlock(TimestepBlock):
     """
 
     def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=True,
-                 use_checkpoint=False, conv_type="3d"):
+                 use_checkpoint=False, conv_type="3d", norm="group"):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), res_conv(channels, out_channels, conv_type))
+        self.in_layers = nn.Sequential(normalization(channels, norm), nn.SiLU(), res_conv(channels, out_channels, conv_type))
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
-        self.out_norm = normalization(out_channels)
+        self.out_norm = normalization(out_channels, norm)
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero_output(res_conv(out_channels, out_channels, conv_type)))
         self.skip = nn.Identity() if out_channels == channels else conv3d(channels, out_channels, 1)
 
@@ -175,7 +176,7 @@ class AttentionBlock(nn.Module):
     T*H*W positions (RaMViD's full attention; quadratic in the video size).
     """
 
-    def __init__(self, channels, axes, num_heads=1, num_head_channels=-1, use_checkpoint=False):
+    def __init__(self, channels, axes, num_heads=1, num_head_channels=-1, use_checkpoint=False, norm="group"):
         super().__init__()
         if num_head_channels != -1:
             if channels % num_head_channels:
@@ -186,7 +187,7 @@ class AttentionBlock(nn.Module):
         self.axes = axes
         self.num_heads = num_heads
         self.use_checkpoint = use_checkpoint
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, norm)
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv3d(channels, channels, 1))
 
@@ -215,14 +216,70 @@ class AttentionBlock(nn.Module):
         return x + self.proj_out(out.reshape(n, c, t, h, w))
 
 
-def attention(channels, attention_type, num_heads, num_head_channels, use_checkpoint) -> nn.Module:
+def attention(channels, attention_type, num_heads, num_head_channels, use_checkpoint, norm="group") -> nn.Module:
     """Factorized space-then-time attention, or one full space-time attention."""
     if attention_type == "full":
-        return AttentionBlock(channels, "spacetime", num_heads, num_head_channels, use_checkpoint)
+        return AttentionBlock(channels, "spacetime", num_heads, num_head_channels, use_checkpoint, norm)
     return nn.Sequential(
-        AttentionBlock(channels, "space", num_heads, num_head_channels, use_checkpoint),
-        AttentionBlock(channels, "time", num_heads, num_head_channels, use_checkpoint),
+        AttentionBlock(channels, "space", num_heads, num_head_channels, use_checkpoint, norm),
+        AttentionBlock(channels, "time", num_heads, num_head_channels, use_checkpoint, norm),
     )
+
+
+def warp(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """
+    Backward warping: each output pixel reads ``frames`` at its own position plus ``flow``
+    (bilinear; positions outside the frame read its border).
+
+    :param frames: [N, C, T, H, W].
+    :param flow: [N, 2, T, H, W], (dy, dx) in pixels.
+    :return: [N, C, T, H, W].
+    """
+    n, c, t, h, w = frames.shape
+    ys = torch.arange(h, device=frames.device, dtype=flow.dtype)
+    xs = torch.arange(w, device=frames.device, dtype=flow.dtype)
+    # grid_sample's coordinates (align_corners=False): pixel j's centre sits at (2j + 1) / size - 1
+    gy = (2 * (ys[None, None, :, None] + flow[:, 0]) + 1) / h - 1  # [N, T, H, W]
+    gx = (2 * (xs[None, None, None, :] + flow[:, 1]) + 1) / w - 1
+    grid = torch.stack([gx, gy], dim=-1).reshape(n * t, h, w, 2)
+    flat = frames.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+    out = F.grid_sample(flat.float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False)
+    return out.reshape(n, t, c, h, w).permute(0, 2, 1, 3, 4).to(frames.dtype)
+
+
+class WarpHead(nn.Module):
+    """
+    A prior mean of the prediction from warping the nearest given frame: the network's
+    output holds per pixel a velocity u (2 channels, pixels per frame), a blend logit and C
+    channels F, and the head returns [F, W] with
+
+        W = m * warp(given, u * d),   m = sigmoid(logit + 2),
+
+    d the frame's signed distance in frames to its given frame (so a digit moving at
+    constant velocity needs one u for all frames) and m = 0 where no frame is given. The
+    diffusion process turns [F, W] into x_0 around W (``GaussianDiffusion(prior_mean=True)``):
+    the warp carries the given content (a digit's exact shape and colour) wherever it moves,
+    F corrects what the warp cannot explain (occlusions, new content). At initialisation (zero
+    output layer) W is the nearest given frame, mostly.
+    """
+
+    @staticmethod
+    def num_outputs(channels: int) -> int:
+        return 3 + channels
+
+    def forward(self, raw: torch.Tensor, given: torch.Tensor, offset: torch.Tensor, any_given: torch.Tensor):
+        """
+        :param raw: [N, 3 + C, T, H, W] the network's output.
+        :param given: [N, C, T, H, W] the nearest given frame of each frame.
+        :param offset: [N, T] signed distance to it, in frames.
+        :param any_given: [N], 1 where the video has a given frame.
+        :return: [N, 2C, T, H, W]: F, then W.
+        """
+        velocity, logit, correction = raw[:, :2], raw[:, 2:3], raw[:, 3:]
+        flow = velocity.float() * offset[:, None, :, None, None].float()
+        blend = torch.sigmoid(logit.float() + 2.0) * any_given.float()[:, None, None, None, None]
+        prior = (blend * warp(given, flow).float()).to(raw.dtype)
+        return torch.cat([correction, prior], dim=1)
 
 
 class UNet3D(nn.Module):
@@ -245,6 +302,11 @@ class UNet3D(nn.Module):
         first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
         the network runs at 1/p of the resolution, about p^2 times cheaper per video.
     :param num_classes: if set, the network is class-conditional through ``y``.
+    :param norm: "group" (GroupNorm over the video, improved-diffusion's) or "channel"
+        (across channels at each position, which keeps a given digit's colour; ``nn.ChannelNorm``).
+    :param output_head: "direct" (the output is the prediction) or "warp" (the output is
+        [F, W], W the nearest given frame warped by a predicted velocity, ``WarpHead``, for a
+        diffusion process with ``prior_mean``); "warp" needs ``given_frame_input``.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -252,8 +314,18 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1, given_frame_input: bool = False):
+                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
+                 output_head: str = "direct"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if output_head not in OUTPUT_HEADS:
+            raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
+        if output_head == "warp" and not given_frame_input:
+            raise ValueError("output_head 'warp' needs given_frame_input: it warps the nearest given frame")
+        if output_head == "warp" and out_channels != in_channels:
+            raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
+        self.head = WarpHead() if output_head == "warp" else None
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
         self.given_frame_input = given_frame_input
@@ -277,10 +349,10 @@ class UNet3D(nn.Module):
         self.label_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
 
         def res(ch_in, ch_out):
-            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint, conv_type)
+            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint, conv_type, norm)
 
         def attn(ch):
-            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint)
+            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint, norm)
 
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
@@ -313,7 +385,8 @@ class UNet3D(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(conv3d(ch, out_channels * patch_size ** 2)))
+        raw_channels = WarpHead.num_outputs(in_channels) if self.head else out_channels
+        self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, raw_channels * patch_size ** 2)))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -322,7 +395,7 @@ class UNet3D(nn.Module):
         :param timesteps: [N] diffusion timesteps.
         :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
         :param y: [N] class labels, when class-conditional.
-        :return: [N, out_channels, T, H, W].
+        :return: [N, out_channels, T, H, W] ([N, 2 in_channels, ...] with the warp head).
         """
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"frame size {tuple(x.shape[-2:])} is not divisible by the total downsampling "
@@ -338,6 +411,7 @@ class UNet3D(nn.Module):
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)
             x = torch.cat([x, given], dim=1)
+            given_frames = given
         x = patchify(x, self.patch_size)
         if self.mask_input:
             n, _, t, h, w = x.shape
@@ -353,4 +427,7 @@ class UNet3D(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return unpatchify(self.out(h), self.patch_size)
+        out = unpatchify(self.out(h), self.patch_size)
+        if self.head is not None:
+            out = self.head(out, given_frames, offset * obs_mask.shape[1], obs_mask.any(dim=1))
+        return out

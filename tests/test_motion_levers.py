@@ -1,0 +1,121 @@
+"""
+The levers that let the network carry given content: the warp head (backward warping by a
+predicted velocity), channel normalisation (keeps a digit's colour, which GroupNorm over the
+video removes), and EDM's skip on the x_0 prediction.
+"""
+
+import pytest
+import torch
+
+from conftest import micro_config
+from video_diffusion.build import create_diffusion, create_model
+from video_diffusion.config import validate
+from video_diffusion.nn import ChannelNorm, GroupNorm32
+from video_diffusion.unet import WarpHead, warp
+
+
+def test_warp_by_whole_pixels_moves_the_content():
+    frames = torch.zeros(1, 3, 2, 8, 8)
+    frames[0, :, :, 2, 3] = torch.tensor([0.2, 0.5, 0.9])[:, None]
+    flow = torch.zeros(1, 2, 2, 8, 8)
+    flow[:, 0, 1], flow[:, 1, 1] = -1.0, -2.0  # frame 1 reads one row up and two columns left
+    out = warp(frames, flow)
+    assert torch.allclose(out[:, :, 0], frames[:, :, 0])
+    assert torch.allclose(out[0, :, 1, 3, 5], torch.tensor([0.2, 0.5, 0.9]))
+    assert out[0, :, 1].abs().sum() == pytest.approx(1.6, abs=1e-5)  # nothing else drawn
+
+
+def test_warp_head_copies_at_start_and_uses_the_frame_distance():
+    head = WarpHead()
+    given = torch.rand(2, 3, 4, 8, 8) * 2 - 1
+    raw = torch.zeros(2, 6, 4, 8, 8)
+    raw[:, 3:] = 0.25  # the correction F passes through as the first C channels
+    offset = torch.tensor([[0.0, 1, 2, 3], [0, 1, 2, 3]])
+    out = head(raw, given, offset, torch.tensor([True, False]))
+    assert out.shape == (2, 6, 4, 8, 8) and (out[:, :3] == 0.25).all()
+    m = torch.sigmoid(torch.tensor(2.0))
+    assert torch.allclose(out[0, 3:], m * given[0], atol=1e-6)  # zero velocity: the given frame (blend m)
+    assert torch.allclose(out[1, 3:], torch.zeros_like(out[1, 3:]))  # no given frame: no prior
+    raw[:, 1] = 1.0  # u = one pixel per frame in x: frame d reads d columns on
+    raw[:, 2] = 50.0  # blend fully towards the warp
+    out = head(raw, given, offset, torch.tensor([True, True]))
+    assert torch.allclose(out[0, 3:, 3, :, 4], given[0, :, 3, :, 7], atol=1e-5)
+
+
+def test_channel_norm_keeps_a_digits_colour_where_group_norm_removes_it():
+    glyph = (torch.rand(1, 1, 2, 8, 8) > 0.7).float()
+
+    def features(colour):
+        video = glyph * torch.tensor(colour)[None, :, None, None, None] * 2 - 1  # a digit on black
+        conv = torch.nn.Conv3d(3, 8, 1)
+        torch.nn.init.normal_(conv.weight, generator=torch.Generator().manual_seed(0))
+        return conv(video)
+
+    dim, bright = features([0.4, 0.2, 0.2]), features([1.0, 0.5, 0.5])
+    group = GroupNorm32(8, 8)  # one channel per group, as gcd(32, 32) gives the tiny preset
+    assert torch.allclose(group(dim), group(bright), atol=2e-3)  # the colour's brightness is gone
+    channel = ChannelNorm(8)
+    assert (channel(dim) - channel(bright)).abs().max() > 0.1
+
+
+def test_sigma_data_skip_passes_near_clean_inputs_through():
+    cfg = micro_config(predict_xstart=True, noise_schedule="cosine", sigma_data=0.5)
+    diffusion = create_diffusion(cfg)
+    x0 = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    low, high = torch.tensor([0, 0]), torch.tensor([99, 99])
+    zero_output = torch.zeros_like(x0)
+    near = diffusion.xstart_from_output(zero_output, diffusion.q_sample(x0, low), low)
+    assert (near - x0).abs().mean() < 0.05  # at t = 0 the input is the answer, for free
+    far = diffusion.xstart_from_output(zero_output, diffusion.q_sample(x0, high), high)
+    assert far.abs().mean() < 0.05  # at t = T-1 the output (here 0) is the answer
+    off = create_diffusion(micro_config(predict_xstart=True, noise_schedule="cosine"))
+    assert torch.equal(off.xstart_from_output(zero_output, x0, low), zero_output)
+    # around a prior mean W (the warp head's [F, W]): W at high noise, the input at low noise
+    prior = create_diffusion(micro_config(predict_xstart=True, noise_schedule="cosine", sigma_data=0.5,
+                                          output_head="warp", given_frame_input=True))
+    w = torch.rand_like(x0)
+    out = torch.cat([zero_output, w], dim=1)
+    assert (prior.xstart_from_output(out, diffusion.q_sample(x0, high), high) - w).abs().mean() < 0.05
+    assert (prior.xstart_from_output(out, diffusion.q_sample(x0, low), low) - x0).abs().mean() < 0.05
+    # the correction's target has about unit scale at every level: at low noise it is minus the noise
+    noise = torch.randn_like(x0)
+    mid = torch.tensor([20, 20])
+    target = (x0 - prior.xstart_from_output(out, diffusion.q_sample(x0, mid, noise), mid)) / prior.extract(
+        "edm_c_out", mid, 5)
+    assert 0.3 < target.std() < 3
+
+
+@pytest.mark.parametrize("kw", [dict(norm="channel"), dict(output_head="warp", given_frame_input=True,
+                                                          predict_xstart=True),
+                                dict(norm="channel", output_head="warp", given_frame_input=True, sigma_data=0.5,
+                                     predict_xstart=True, patch_size=2, image_size=32)])
+def test_each_lever_trains(kw):
+    torch.manual_seed(0)
+    cfg = micro_config(**kw)
+    validate(cfg)
+    model, diffusion = create_model(cfg), create_diffusion(cfg)
+    size = cfg.model.image_size
+    x = torch.rand(2, 3, 4, size, size) * 2 - 1
+    mask = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = diffusion.training_losses(model, x, torch.tensor([30, 60]), obs_mask=mask,
+                                         noise=torch.randn_like(x))["loss"].mean()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-3:]) < losses[0]
+
+
+def test_bad_lever_combinations_are_named():
+    with pytest.raises(ValueError, match="--output_head warp needs --given_frame_input"):
+        validate(micro_config(output_head="warp"))
+    with pytest.raises(ValueError, match="--sigma_data needs --predict_xstart"):
+        validate(micro_config(sigma_data=0.5))
+    with pytest.raises(ValueError, match="--output_head warp needs --predict_xstart"):
+        validate(micro_config(output_head="warp", given_frame_input=True))
+    with pytest.raises(ValueError, match="learn_sigma"):
+        validate(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, learn_sigma=True))

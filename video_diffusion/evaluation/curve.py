@@ -1,0 +1,201 @@
+"""
+The learning curve of a run: every checkpoint measured on the same held-out videos, against
+the two predictors that need no model and, on the embedded digits, the perfect model.
+
+Per checkpoint (``measure_checkpoint``):
+
+- the conditional tasks of ``curve_tasks``: prediction from 2 frames, prediction from half
+  the window, infilling from the first and last frame; PSNR / SSIM over the generated frames;
+- generation: FVD of rolled-out clips against as many real held-out clips;
+- the diagnostic ``x0_from_noise``: the network's own prediction of the clean video from
+  pure noise plus the first 2 frames (one network call at the last timestep), its mean
+  squared error per predicted frame. It shows what the network has learned to carry forward
+  before any sampler is involved: a network that has learned motion is near 0 on the first
+  predicted frames, one that has learned only the data's look sits near the black frame.
+
+The references (``references``) are computed once per curve: both baselines per task, the
+perfect model (exact posterior samples, ``ceiling.py``), and the FVD of real clips against
+other real clips (what a perfect generator scores with this many clips).
+"""
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .. import dist_util
+from ..build import create_diffusion
+from ..data import create_dataset, seed_of
+from ..sample_util import SampleOptions, load_for_sampling, task_mask, test_dataset, to_uint8
+from ..sampling import make_denoiser
+from .fvd import fvd_from_features, i3d_features
+from .quality import copy_last_given, evaluate, frame_scores
+
+# Videos that are neither training nor test videos: the perfect generator's FVD compares them with the test clips.
+OTHER_REAL_SEED = 0x07E4
+
+
+def curve_tasks(seq_len: int) -> List[Dict]:
+    """The conditional tasks of a curve for a window of ``seq_len`` frames: key, label, SampleOptions fields."""
+    half = seq_len // 2
+    tasks = [dict(key="pred2", label=f"2 -> {seq_len - 2}", task="prediction", num_cond_frames=2)]
+    if half > 2:
+        tasks.append(dict(key="pred_half", label=f"{half} -> {seq_len - half}", task="prediction",
+                          num_cond_frames=half))
+    tasks.append(dict(key="infill", label=f"infill 0,{seq_len - 1}", task="infill", cond_frames=f"0,{seq_len - 1}"))
+    return tasks
+
+
+def _options(task: Dict, num_videos: int, seed: int, **extra) -> SampleOptions:
+    fields = {k: v for k, v in task.items() if k not in ("key", "label")}
+    return SampleOptions(**fields, num_samples=num_videos, seed=seed, **extra)
+
+
+def x0_from_noise(cfg, model, num_videos: int, num_given: int = 2, seed: int = 0, device="cpu") -> Dict:
+    """
+    The network's x_0 from pure noise plus the first ``num_given`` frames of the held-out
+    videos, at the last timestep: mean squared error (in [-1, 1] units) per predicted frame,
+    beside a black frame and a copy of the last given frame.
+    """
+    data = test_dataset(cfg, cfg.model.seq_len)
+    gt = torch.stack([data[v]["video"] for v in range(num_videos)]).to(device)
+    n, _, t = gt.shape[:3]
+    mask = task_mask("prediction", n, t, num_given, "").to(device)
+    diffusion = create_diffusion(cfg, timestep_respacing="")
+    gens = [torch.Generator(device="cpu").manual_seed(seed_of(seed, v, 0x0)) for v in range(n)]
+    noise = torch.stack([torch.randn(gt.shape[1:], generator=g) for g in gens]).to(device)
+    x0 = make_denoiser(diffusion, model, gt, mask)(noise, diffusion.num_timesteps - 1)["pred_xstart"]
+    per_frame = lambda pred: ((pred.float() - gt) ** 2).mean(dim=(0, 1, 3, 4))[num_given:].tolist()  # noqa: E731
+    return {"frames": list(range(num_given, t)), "model": per_frame(x0),
+            "black": per_frame(torch.full_like(gt, -1.0)),
+            "copy_last_given": per_frame(gt[:, :, num_given - 1:num_given].expand_as(gt))}
+
+
+def measure_checkpoint(path, ctx: dist_util.DistContext, num_videos: int = 32, seed: int = 0,
+                       i3d=None, fvd_videos: int = 32, fvd_frames: int = 16,
+                       real_features_cache: Optional[Dict] = None) -> Optional[Dict]:
+    """
+    One point of the curve. Every rank calls this; rank 0 gets a dict: step, videos seen
+    and, per task key, psnr / ssim (and fvd for "generation"), plus the x_0 diagnostic.
+    """
+    from ..checkpoint import load_checkpoint
+    state = load_checkpoint(path)
+    step, world_size = int(state["step"]), int(state.get("world_size", 1))
+    del state
+    cfg, model, _ = load_for_sampling(path, device=ctx.device)
+    point = {"step": step, "videos_seen": step * cfg.train.batch_size * world_size, "checkpoint": str(path)}
+    for task in curve_tasks(cfg.model.seq_len):
+        result = evaluate(cfg, model, _options(task, num_videos, seed), ctx, grid_videos=0)
+        if ctx.is_main:
+            m = result["metrics"]
+            point[task["key"]] = {"psnr": m["psnr_mean"], "ssim": m["ssim_mean"]}
+    if i3d is not None and fvd_videos:
+        opts = SampleOptions(task="generation", num_frames=fvd_frames, num_samples=fvd_videos, seed=seed)
+        result = evaluate(cfg, model, opts, ctx, i3d=i3d, grid_videos=0, real_features_cache=real_features_cache)
+        if ctx.is_main:
+            point["generation"] = {"fvd": result["metrics"]["fvd"]}
+    if ctx.is_main:
+        point["x0_from_noise"] = x0_from_noise(cfg, model, num_videos, seed=seed, device=ctx.device)
+        return point
+    return None
+
+
+def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_frames: int = 16,
+               perfect_samples: int = 1, device="cpu") -> Dict:
+    """
+    What a curve is drawn against, per task key: "copy_last_given" and "black" (PSNR / SSIM),
+    "perfect" (the exact posterior's mean PSNR / SSIM; embedded digits only) and, for
+    generation, the FVD of other real clips against the test clips.
+    """
+    out: Dict = {}
+    data = test_dataset(cfg, cfg.model.seq_len)
+    embedded = not cfg.train.data_dir
+    for task in curve_tasks(cfg.model.seq_len):
+        mask = task_mask(task["task"], 1, cfg.model.seq_len, task.get("num_cond_frames", 0),
+                         task.get("cond_frames", ""))[0].numpy()
+        copy, black = [], []
+        for v in range(num_videos):
+            gt = data.frames(v) if embedded else to_uint8(data[v]["video"][None])[0]
+            copy.append(frame_scores(copy_last_given(gt, mask), gt, mask))
+            black.append(frame_scores(np.zeros_like(gt), gt, mask))
+        entry = {"label": task["label"],
+                 "copy_last_given": dict(zip(("psnr", "ssim"), np.mean(copy, axis=0).tolist())),
+                 "black": dict(zip(("psnr", "ssim"), np.mean(black, axis=0).tolist()))}
+        if embedded:
+            from .ceiling import perfect_model_scores
+            p = perfect_model_scores(data, mask, num_videos, perfect_samples)
+            entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
+        out[task["key"]] = entry
+    if i3d is not None and fvd_videos and embedded:
+        test = test_dataset(cfg, fvd_frames)
+        other = create_dataset(cfg, seq_len=fvd_frames, seed_offset=OTHER_REAL_SEED)
+        clips = [np.stack([d.frames(v) for v in range(fvd_videos)]) for d in (test, other)]
+        clips = [c if c.shape[-1] == 3 else np.repeat(c, 3, axis=-1) for c in clips]
+        feats = [i3d_features(i3d, c, device=device) for c in clips]
+        out["generation"] = {"label": f"generation FVD ({fvd_videos} clips of {fvd_frames} frames)",
+                             "perfect": {"fvd": fvd_from_features(feats[1], feats[0])}}
+    return out
+
+
+def plot_curve(curve: Dict, path) -> None:
+    """
+    Quality against videos seen: PSNR and SSIM per conditional task, generation FVD and the
+    x_0 diagnostic, each with its references as horizontal lines. Written as a PNG.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(curve["points"].values(), key=lambda p: p["step"])
+    refs = curve["references"]
+    tasks = [k for k in refs if k != "generation"]
+    x = [p["videos_seen"] for p in points]
+    fig, axes = plt.subplots(2, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 7.2), squeeze=False)
+    styles = {"copy_last_given": ("copy last given", "tab:orange", "--"), "black": ("black frame", "k", ":"),
+              "perfect": ("perfect model", "tab:green", "-")}
+    for col, key in enumerate(tasks):
+        for row, metric in enumerate(("psnr", "ssim")):
+            ax = axes[row][col]
+            ys = [p[key][metric] for p in points if key in p]
+            ax.plot(x[:len(ys)], ys, "o-", color="tab:blue", label="model")
+            top = max(ys + [refs[key][r][metric] for r in ("copy_last_given", "black")])
+            for ref, (label, colour, style) in styles.items():
+                if ref not in refs[key]:
+                    continue
+                value = refs[key][ref][metric]
+                if metric == "psnr" and value > top + 10:  # a perfect model's 90+ dB would flatten the curve
+                    ax.annotate(f"perfect model: {value:.1f} dB", xy=(0.02, 0.95), xycoords="axes fraction",
+                                color=colour, va="top")
+                    continue
+                ax.axhline(value, color=colour, linestyle=style, label=f"{label} ({value:.3g})")
+            ax.set_title(f"{refs[key]['label']}: {metric.upper()}")
+            ax.set_xlabel("videos seen")
+            ax.legend(fontsize=7, loc="lower right")
+            ax.grid(alpha=0.3)
+    ax = axes[0][-1]
+    fvd = [(p["videos_seen"], p["generation"]["fvd"]) for p in points if "generation" in p]
+    if fvd:
+        ax.plot(*zip(*fvd), "o-", color="tab:blue", label="model")
+        if "generation" in refs:
+            value = refs["generation"]["perfect"]["fvd"]
+            ax.axhline(value, color="tab:green", label=f"real vs real clips ({value:.0f})")
+        ax.legend(fontsize=7)
+    ax.set_title("generation: FVD (lower is better)")
+    ax.set_xlabel("videos seen")
+    ax.grid(alpha=0.3)
+    ax = axes[1][-1]
+    for p, shade in zip(points, np.linspace(0.3, 1.0, len(points))):
+        d = p["x0_from_noise"]
+        ax.plot(d["frames"], d["model"], "o-", color=(0.1, 0.3, 0.8, shade), label=f"{p['videos_seen']:,} videos")
+    if points:
+        d = points[-1]["x0_from_noise"]
+        ax.plot(d["frames"], d["black"], "k:", label="black frame")
+        ax.plot(d["frames"], d["copy_last_given"], "--", color="tab:orange", label="copy last given")
+    ax.set_title("x_0 from pure noise + 2 frames: MSE per frame")
+    ax.set_xlabel("frame")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    fig.suptitle(curve.get("title", "learning curve"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
