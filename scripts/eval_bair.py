@@ -24,7 +24,6 @@ and an --out_dir that holds the results of an earlier run.
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 from video_diffusion import dist_util
@@ -109,7 +108,7 @@ def main(argv=None):
                   + ("" if complete else " -- NOT the full protocol"), flush=True)
         dist_util.barrier(ctx)
         result = evaluate(cfg, model, opts, ctx, i3d=i3d, shard_dir=out_dir,
-                          progress=ctx.is_main and sys.stderr.isatty())
+                          progress=ctx.is_main)
         if ctx.is_main:
             check_shards(out_dir, ctx.world_size, result["run_id"])
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -18,7 +18,6 @@ grid.png (ground truth above samples, given frames outlined in red) into a new f
 
 import argparse
 import dataclasses
-import sys
 
 from video_diffusion import dist_util
 from video_diffusion.atomic import write_image, write_json
@@ -62,7 +61,7 @@ def main(argv=None):
                 print(f"FVD not computed: I3D needs >= 10 frames, the clips have {frames} "
                       "(give --num_frames 16 to roll out longer clips)", flush=True)
         result = evaluate(cfg, model, opts, ctx, i3d=i3d, grid_videos=args.grid_videos,
-                          progress=ctx.is_main and sys.stderr.isatty())
+                          progress=ctx.is_main)
     except (ValueError, FileNotFoundError) as e:
         dist_util.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -14,7 +14,6 @@ no run overwrites another's results.
 
 import argparse
 import dataclasses
-import sys
 import time
 
 from video_diffusion import dist_util
@@ -49,7 +48,7 @@ def main(argv=None):
             print(f"sampling {opts.num_samples or 'one per test video'} x {opts.samples_per_video} videos ({opts.task}) "
                   f"with {weights} from {args.model_path} on {ctx.world_size} rank(s); sampler {steps}", flush=True)
         start = time.perf_counter()
-        mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=ctx.is_main and sys.stderr.isatty())
+        mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=ctx.is_main)
         elapsed = time.perf_counter() - start
     except (ValueError, FileNotFoundError) as e:
         dist_util.cleanup(ctx)

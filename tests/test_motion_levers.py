@@ -11,35 +11,52 @@ from conftest import micro_config
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.config import validate
 from video_diffusion.nn import ChannelNorm, GroupNorm32
-from video_diffusion.unet import WarpHead, warp
+from video_diffusion.unet import WarpHead, shifted_reads
 
 
-def test_warp_by_whole_pixels_moves_the_content():
-    frames = torch.zeros(1, 3, 2, 8, 8)
-    frames[0, :, :, 2, 3] = torch.tensor([0.2, 0.5, 0.9])[:, None]
-    flow = torch.zeros(1, 2, 2, 8, 8)
-    flow[:, 0, 1], flow[:, 1, 1] = -1.0, -2.0  # frame 1 reads one row up and two columns left
-    out = warp(frames, flow)
-    assert torch.allclose(out[:, :, 0], frames[:, :, 0])
-    assert torch.allclose(out[0, :, 1, 3, 5], torch.tensor([0.2, 0.5, 0.9]))
-    assert out[0, :, 1].abs().sum() == pytest.approx(1.6, abs=1e-5)  # nothing else drawn
+def test_shifted_reads_move_content_by_whole_pixels_and_read_the_border_outside():
+    frames = torch.zeros(1, 2, 3, 8, 8)
+    frames[0, :, :, 2, 3] = torch.tensor([0.2, 0.5, 0.9])  # both frames, channels (0.2, 0.5, 0.9)
+    dy = torch.tensor([[[0, -1], [1, 0]]])  # [N, T, K]
+    dx = torch.tensor([[[0, -2], [3, 0]]])
+    out = shifted_reads(frames, dy, dx)
+    assert out.shape == (1, 2, 2, 3, 8, 8)
+    assert torch.equal(out[0, 0, 0], frames[0, 0])  # no displacement
+    # candidate 1 of frame 0 reads (y - 1, x - 2): the pixel appears one row down, two columns right
+    assert torch.allclose(out[0, 0, 1, :, 3, 5], torch.tensor([0.2, 0.5, 0.9]))
+    assert out[0, 0, 1].sum() == pytest.approx(1.6)
+    frames[0, 1, :, 7, 7] = 1.0
+    assert (shifted_reads(frames, dy, dx)[0, 1, 0, :, 6:, 4:] == 1.0).all()  # beyond the corner: the corner
 
 
-def test_warp_head_copies_at_start_and_uses_the_frame_distance():
-    head = WarpHead()
-    given = torch.rand(2, 3, 4, 8, 8) * 2 - 1
-    raw = torch.zeros(2, 6, 4, 8, 8)
-    raw[:, 3:] = 0.25  # the correction F passes through as the first C channels
-    offset = torch.tensor([[0.0, 1, 2, 3], [0, 1, 2, 3]])
-    out = head(raw, given, offset, torch.tensor([True, False]))
-    assert out.shape == (2, 6, 4, 8, 8) and (out[:, :3] == 0.25).all()
-    m = torch.sigmoid(torch.tensor(2.0))
-    assert torch.allclose(out[0, 3:], m * given[0], atol=1e-6)  # zero velocity: the given frame (blend m)
-    assert torch.allclose(out[1, 3:], torch.zeros_like(out[1, 3:]))  # no given frame: no prior
-    raw[:, 1] = 1.0  # u = one pixel per frame in x: frame d reads d columns on
-    raw[:, 2] = 50.0  # blend fully towards the warp
-    out = head(raw, given, offset, torch.tensor([True, True]))
-    assert torch.allclose(out[0, 3:, 3, :, 4], given[0, :, 3, :, 7], atol=1e-5)
+def _square_video(velocity, frames=6, size=16):
+    video = -torch.ones(1, 3, frames, size, size)
+    for f in range(frames):
+        y, x = 4 + velocity[0] * f, 3 + velocity[1] * f
+        video[0, :, f, y:y + 3, x:x + 3] = torch.tensor([0.8, -0.2, 0.4])[:, None, None] * torch.tensor(
+            [[1.0, 0.5, 1.0], [0.5, 1.0, 0.7], [1.0, 0.7, 0.4]])  # textured: one velocity matches it
+    return video
+
+
+def test_warp_head_continues_the_given_frames_at_their_velocity():
+    head = WarpHead(radius=2)
+    video = _square_video((1, 2))
+    mask = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    raw = torch.zeros(1, head.num_outputs(3), 6, 16, 16)
+    k = head.num_candidates
+    raw[:, k + 1] = 20.0  # blend: all warp
+    raw[:, k + 2:] = 0.125  # F passes through as the first C channels
+    out = head(raw, video, mask)
+    assert out.shape == (1, 6, 6, 16, 16) and (out[:, :3] == 0.125).all()
+    prior = out[:, 3:]
+    # untrained (zero logits and salience), the cost volume and the motion evidence alone put the
+    # square, moving 1 down and 2 right per frame, where its velocity takes it in frames 2-4
+    error = (prior[:, :, 2:5] - video[:, :, 2:5]).abs()
+    assert error.max() < 0.15 and error.mean() < 0.01
+    # without a given frame there is no prior; with one, the velocity is open (a blurred mean)
+    assert (head(raw, video, torch.zeros(1, 6))[:, 3:] == 0).all()
+    one = head(raw, video, torch.tensor([[1.0, 0, 0, 0, 0, 0]]))[:, 3:]
+    assert (one[:, :, 3] - video[:, :, 3]).abs().max() > 0.3
 
 
 def test_channel_norm_keeps_a_digits_colour_where_group_norm_removes_it():

@@ -35,6 +35,7 @@ def create_model(cfg: Config) -> UNet3D:
         given_frame_input=m.given_frame_input,
         norm=m.norm,
         output_head=m.output_head,
+        warp_radius=m.warp_radius,
         num_classes=m.num_classes or None,
     )
 

@@ -45,9 +45,12 @@ class ModelConfig:
                                         "(content to carry forward is at hand locally); needs --mask_input")
     norm: str = _f("group", "normalisation: 'group' (GroupNorm over the video) or 'channel' (across channels at "
                    "each pixel, which keeps a digit's colour)", choices=("group", "channel"))
-    output_head: str = _f("direct", "'direct' (the output is the prediction) or 'warp' (warp the nearest given "
-                          "frame by a predicted velocity, blended with a synthesis); 'warp' needs "
-                          "--given_frame_input", choices=("direct", "warp"))
+    output_head: str = _f("direct", "'direct' (the output is the prediction) or 'warp' (the prediction is "
+                          "written around the given frames continued at a constant velocity the network chooses "
+                          "per pixel, with a cost volume of the given frames); 'warp' needs --given_frame_input",
+                          choices=("direct", "warp"))
+    warp_radius: int = _f(3, "--output_head warp: the largest velocity, in pixels per frame per direction "
+                             "((2r+1)^2 candidates)")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -236,6 +239,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("--sigma_data needs --predict_xstart: the skip is written on the x_0 prediction")
     if m.output_head == "warp" and not m.given_frame_input:
         raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
+    if m.warp_radius < 0:
+        raise ValueError(f"--warp_radius must be >= 0, got {m.warp_radius}")
     if m.output_head == "warp" and not d.predict_xstart:
         raise ValueError("--output_head warp needs --predict_xstart: x_0 is written around the warped frame")
     if m.output_head == "warp" and m.learn_sigma:

@@ -292,8 +292,11 @@ def generate(cfg: Config, model, opts: SampleOptions, ctx: dist_util.DistContext
     batches = [all_batches[b] for b in eval_shard(len(all_batches), ctx.rank, ctx.world_size)]
     out = {}
     if progress:
+        import sys
+
         from tqdm import tqdm
-        batches = tqdm(batches, desc="batches")
+        # in a log file (no terminal) a line every 30 s, each with the time left
+        batches = tqdm(batches, desc="sampling batches", mininterval=1 if sys.stderr.isatty() else 30)
     for idx in batches:
         n = len(idx)
         videos_of = [i // per_video for i in idx]

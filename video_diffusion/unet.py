@@ -10,6 +10,8 @@ which reproduces RaMViD's (unaware) network for comparison.
 
 from typing import Optional, Sequence
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -226,60 +228,133 @@ def attention(channels, attention_type, num_heads, num_head_channels, use_checkp
     )
 
 
-def warp(frames: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def two_nearest_given(obs_mask: torch.Tensor):
     """
-    Backward warping: each output pixel reads ``frames`` at its own position plus ``flow``
-    (bilinear; positions outside the frame read its border).
+    For every frame, its nearest given frame and the next nearest (the earlier one on a tie).
 
-    :param frames: [N, C, T, H, W].
-    :param flow: [N, 2, T, H, W], (dy, dx) in pixels.
-    :return: [N, C, T, H, W].
+    :param obs_mask: [N, T], 1 on given frames.
+    :return: (source [N, T, 2] frame indices, valid [N, T, 2] bool: False where the video has
+        fewer given frames than that).
     """
-    n, c, t, h, w = frames.shape
-    ys = torch.arange(h, device=frames.device, dtype=flow.dtype)
-    xs = torch.arange(w, device=frames.device, dtype=flow.dtype)
-    # grid_sample's coordinates (align_corners=False): pixel j's centre sits at (2j + 1) / size - 1
-    gy = (2 * (ys[None, None, :, None] + flow[:, 0]) + 1) / h - 1  # [N, T, H, W]
-    gx = (2 * (xs[None, None, None, :] + flow[:, 1]) + 1) / w - 1
-    grid = torch.stack([gx, gy], dim=-1).reshape(n * t, h, w, 2)
-    flat = frames.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
-    out = F.grid_sample(flat.float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False)
-    return out.reshape(n, t, c, h, w).permute(0, 2, 1, 3, 4).to(frames.dtype)
+    t = obs_mask.shape[1]
+    frames = torch.arange(t, device=obs_mask.device, dtype=torch.float32)
+    cost = (frames[None, :, None] - frames[None, None, :]).abs() + 1e-3 * frames[None, None, :]
+    cost = cost + (1 - obs_mask.float())[:, None, :] * 1e6  # [N, T (to), T (from)]
+    order = cost.argsort(dim=2)[:, :, :2]
+    count = obs_mask.float().sum(dim=1)
+    valid = torch.stack([count >= 1, count >= 2], dim=1)[:, None, :].expand(-1, t, -1)
+    return order, valid
+
+
+def shifted_reads(frames: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """
+    ``frames`` read at every pixel plus a whole-pixel displacement per candidate (positions
+    outside the frame read its border).
+
+    :param frames: [N, T, C, H, W], one source frame per target frame.
+    :param dy: [N, T, K] integer row displacements; ``dx`` likewise for columns.
+    :return: [N, T, K, C, H, W].
+    """
+    n, t, c, h, w = frames.shape
+    k = dy.shape[2]
+    rows = (torch.arange(h, device=frames.device)[:, None] + dy[..., None, None]).clamp(0, h - 1)  # [N, T, K, H, 1]
+    cols = (torch.arange(w, device=frames.device)[None, :] + dx[..., None, None]).clamp(0, w - 1)  # [N, T, K, 1, W]
+    index = (rows * w + cols).reshape(n, t, k, 1, h * w).expand(n, t, k, c, h * w)
+    src = frames.reshape(n, t, 1, c, h * w).expand(n, t, k, c, h * w)
+    return torch.gather(src, 4, index).reshape(n, t, k, c, h, w)
 
 
 class WarpHead(nn.Module):
     """
-    A prior mean of the prediction from warping the nearest given frame: the network's
-    output holds per pixel a velocity u (2 channels, pixels per frame), a blend logit and C
-    channels F, and the head returns [F, W] with
+    A prior mean W of the prediction that carries given content at a constant velocity.
 
-        W = m * warp(given, u * d),   m = sigmoid(logit + 2),
+    Candidate velocities are every whole-pixel (vy, vx) with |vy|, |vx| <= ``radius`` pixels per
+    frame. Frame k reads its nearest given frame s at p - (k - s) v for each candidate (a
+    digit moving at v lands there); where a second given frame s' is there too, each
+    candidate's cost is how much the two reads disagree, |frame_s(p - (k - s) v) -
+    frame_s'(p - (k - s') v)|^2 averaged over a 5 x 5 patch, which is near 0 only for the
+    velocity the content really has (a cost volume, as optical-flow networks build). The network outputs per pixel one
+    logit per candidate, a blend logit and C channels F, and the head returns [F, W]:
 
-    d the frame's signed distance in frames to its given frame (so a digit moving at
-    constant velocity needs one u for all frames) and m = 0 where no frame is given. The
-    diffusion process turns [F, W] into x_0 around W (``GaussianDiffusion(prior_mean=True)``):
-    the warp carries the given content (a digit's exact shape and colour) wherever it moves,
-    F corrects what the warp cannot explain (occlusions, new content). At initialisation (zero
-    output layer) W is the nearest given frame, mostly.
+        W = m * sum_v softmax_v(logit_v - beta * cost_v) * read_v,   m = sigmoid(blend + 3),
+
+    m = 0 where no frame is given; beta is learned (from 10). The diffusion process writes x_0
+    around W (``GaussianDiffusion(prior_mean=True)``: x_0 = W + F). At initialisation (zero
+    output layer) W is already the constant-velocity continuation of the given frames; the
+    network learns where it does not hold (bounces, occlusions, one given frame) and F adds
+    what no candidate explains.
     """
 
-    @staticmethod
-    def num_outputs(channels: int) -> int:
-        return 3 + channels
+    def __init__(self, radius: int = 3):
+        super().__init__()
+        if radius < 0:
+            raise ValueError(f"warp radius must be >= 0, got {radius}")
+        self.radius = radius
+        r = torch.arange(-radius, radius + 1)
+        self.register_buffer("velocities", torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2),
+                             persistent=False)
+        self.log_beta = nn.Parameter(torch.tensor(math.log(100.0)))
+        self.log_gamma = nn.Parameter(torch.tensor(math.log(20.0)))
 
-    def forward(self, raw: torch.Tensor, given: torch.Tensor, offset: torch.Tensor, any_given: torch.Tensor):
+    @property
+    def num_candidates(self) -> int:
+        return (2 * self.radius + 1) ** 2
+
+    def num_outputs(self, channels: int) -> int:
+        return self.num_candidates + 2 + channels
+
+    def forward(self, raw: torch.Tensor, x: torch.Tensor, obs_mask: torch.Tensor) -> torch.Tensor:
         """
-        :param raw: [N, 3 + C, T, H, W] the network's output.
-        :param given: [N, C, T, H, W] the nearest given frame of each frame.
-        :param offset: [N, T] signed distance to it, in frames.
-        :param any_given: [N], 1 where the video has a given frame.
+        :param raw: [N, K + 2 + C, T, H, W] the network's output.
+        :param x: [N, C, T, H, W] the network's input (given frames clean).
+        :param obs_mask: [N, T], 1 on given frames.
         :return: [N, 2C, T, H, W]: F, then W.
         """
-        velocity, logit, correction = raw[:, :2], raw[:, 2:3], raw[:, 3:]
-        flow = velocity.float() * offset[:, None, :, None, None].float()
-        blend = torch.sigmoid(logit.float() + 2.0) * any_given.float()[:, None, None, None, None]
-        prior = (blend * warp(given, flow).float()).to(raw.dtype)
-        return torch.cat([correction, prior], dim=1)
+        k = self.num_candidates
+        logits, salience, blend = raw[:, :k].float(), raw[:, k:k + 1].float(), raw[:, k + 1:k + 2].float()
+        correction = raw[:, k + 2:]
+        n, c, t, h, w = x.shape
+        source, valid = two_nearest_given(obs_mask)  # [N, T, 2]: each frame's nearest given frames
+        here = torch.arange(t, device=x.device)[None, :]
+        vel = self.velocities.to(x.device)
+
+        def along(maps, own=False):
+            """Per target frame, ``maps`` [N, T, C', H, W] of its nearest given frame read along every
+            candidate velocity -> [N, T, K, C', H, W]; with ``own``, maps [N, T, K, H, W] holds one map
+            per candidate and each candidate reads its own -> [N, T, K, H, W]."""
+            src = torch.gather(maps, 1, source[:, :, 0, None, None, None].expand(n, t, *maps.shape[2:]))
+            elapsed = (here - source[:, :, 0])[..., None]  # [N, T, 1] frames since (or until) the source
+            dy, dx = -elapsed * vel[None, None, :, 0], -elapsed * vel[None, None, :, 1]
+            if not own:
+                return shifted_reads(src, dy, dx)
+            return shifted_reads(src.reshape(n, t * k, 1, h, w), dy.reshape(n, t * k, 1),
+                                 dx.reshape(n, t * k, 1)).reshape(n, t, k, h, w)
+
+        with torch.no_grad():  # the reads and their costs depend on the given frames alone
+            frames = x.float().permute(0, 2, 1, 3, 4)  # [N, T, C, H, W]
+            content = along(frames)  # [N, T, K, C, H, W]
+            # Each given frame's cost volume against its partner (the nearest other given frame):
+            # how well each velocity explains every pixel of it, matched over a 5 x 5 patch (one
+            # pixel's colour is matched by many wrong velocities, a patch's rarely).
+            partner = source[:, :, 1]
+            lag = (here - partner)[..., None]
+            earlier = shifted_reads(torch.gather(frames, 1, partner[:, :, None, None, None].expand_as(frames)),
+                                    -lag * vel[None, None, :, 0], -lag * vel[None, None, :, 1])
+            cost = (frames[:, :, None] - earlier).square().mean(dim=3)  # [N, T, K, H, W]
+            cost = F.avg_pool2d(cost.reshape(n * t * k, 1, h, w), 5, stride=1, padding=2,
+                                count_include_pad=False).reshape(n, t, k, h, w) * valid[:, :, 1, None, None, None]
+            # Motion evidence: how much better the best velocity explains a pixel than standing
+            # still. Many velocities explain a target pixel as background that stays; the
+            # evidence lets the one that brings a moving object there win (moving things occlude).
+            evidence = cost[:, :, k // 2] - cost.min(dim=2).values  # [N, T, H, W]
+            cost, evidence = along(cost, own=True), along(evidence[:, :, None])[:, :, :, 0]
+        score = (logits.permute(0, 2, 1, 3, 4) - self.log_beta.exp() * cost + self.log_gamma.exp() * evidence
+                 + along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
+        weights = torch.softmax(score, dim=2)
+        prior = (weights[:, :, :, None] * content).sum(dim=2)  # [N, T, C, H, W]
+        m = torch.sigmoid(blend + 3.0) * valid[:, None, :, 0, None, None]
+        prior = m * prior.permute(0, 2, 1, 3, 4)
+        return torch.cat([correction, prior.to(raw.dtype)], dim=1)
 
 
 class UNet3D(nn.Module):
@@ -305,8 +380,9 @@ class UNet3D(nn.Module):
     :param norm: "group" (GroupNorm over the video, improved-diffusion's) or "channel"
         (across channels at each position, which keeps a given digit's colour; ``nn.ChannelNorm``).
     :param output_head: "direct" (the output is the prediction) or "warp" (the output is
-        [F, W], W the nearest given frame warped by a predicted velocity, ``WarpHead``, for a
-        diffusion process with ``prior_mean``); "warp" needs ``given_frame_input``.
+        [F, W], W the given frames continued at a chosen constant velocity, ``WarpHead``, for
+        a diffusion process with ``prior_mean``); "warp" needs ``given_frame_input``.
+    :param warp_radius: the warp head's largest velocity, pixels per frame in each direction.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -315,7 +391,7 @@ class UNet3D(nn.Module):
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
-                 output_head: str = "direct"):
+                 output_head: str = "direct", warp_radius: int = 3):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -325,7 +401,7 @@ class UNet3D(nn.Module):
             raise ValueError("output_head 'warp' needs given_frame_input: it warps the nearest given frame")
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
-        self.head = WarpHead() if output_head == "warp" else None
+        self.head = WarpHead(warp_radius) if output_head == "warp" else None
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
         self.given_frame_input = given_frame_input
@@ -385,7 +461,7 @@ class UNet3D(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        raw_channels = WarpHead.num_outputs(in_channels) if self.head else out_channels
+        raw_channels = self.head.num_outputs(in_channels) if self.head else out_channels
         self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, raw_channels * patch_size ** 2)))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
@@ -408,10 +484,10 @@ class UNet3D(nn.Module):
         if self.mask_input and obs_mask is None:
             raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
         offset = None
+        frames = x
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)
             x = torch.cat([x, given], dim=1)
-            given_frames = given
         x = patchify(x, self.patch_size)
         if self.mask_input:
             n, _, t, h, w = x.shape
@@ -429,5 +505,5 @@ class UNet3D(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         out = unpatchify(self.out(h), self.patch_size)
         if self.head is not None:
-            out = self.head(out, given_frames, offset * obs_mask.shape[1], obs_mask.any(dim=1))
+            out = self.head(out, frames, obs_mask)
         return out
