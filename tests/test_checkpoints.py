@@ -232,3 +232,15 @@ def test_a_dead_dataloader_worker_is_a_one_line_error(tmp_path):
     with pytest.raises(DataFailure) as e:
         loop.run()
     assert "\n" not in str(e.value) and "worker" in str(e.value)
+
+
+def test_a_run_of_the_old_continuous_motion_generator_is_told_its_data_changed(tmp_path):
+    loop_for(micro_config(tmp_path, max_steps=2, save_interval=2)).run()
+    path = tmp_path / "run" / "ckpt_0000002.pt"
+    state = torch.load(path, weights_only=False)
+    del state["data"]["motion"]  # what the generator before whole-pixel motion stored
+    torch.save(state, path)
+    cfg = micro_config(tmp_path, max_steps=3)
+    loop_for(cfg, find_resume(cfg))
+    assert "the training data differs from the checkpoint's (motion: None -> 'pixel')" in (
+        tmp_path / "run" / "log.txt").read_text()

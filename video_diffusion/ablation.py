@@ -27,9 +27,10 @@ from .sample_util import SampleOptions
 from .visualize import auto_scale, strip
 
 # Every model of the study: the base preset with these settings. The nearest-given-frame
-# input is off in the base so that "b" is the plain mask-input network, and it is one
-# model of its own ("f"); previews are off (they cost time and measure nothing here).
-STUDY_BASE = {"given_frame_input": False, "sample_interval": 0}
+# input and the warp head (which needs it) are off in the base so that "b" is the plain
+# mask-input network, and the input is one model of its own ("f"); previews are off (they
+# cost time and measure nothing here).
+STUDY_BASE = {"given_frame_input": False, "output_head": "direct", "sample_interval": 0}
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {

@@ -266,23 +266,30 @@ def shifted_reads(frames: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> t
 
 class WarpHead(nn.Module):
     """
-    A prior mean W of the prediction that carries given content at a constant velocity.
+    The prediction as the given frames carried on at a constant velocity, blended with a
+    synthesis where that does not hold.
 
-    Candidate velocities are every whole-pixel (vy, vx) with |vy|, |vx| <= ``radius`` pixels per
-    frame. Frame k reads its nearest given frame s at p - (k - s) v for each candidate (a
-    digit moving at v lands there); where a second given frame s' is there too, each
-    candidate's cost is how much the two reads disagree, |frame_s(p - (k - s) v) -
-    frame_s'(p - (k - s') v)|^2 averaged over a 5 x 5 patch, which is near 0 only for the
-    velocity the content really has (a cost volume, as optical-flow networks build). The network outputs per pixel one
-    logit per candidate, a blend logit and C channels F, and the head returns [F, W]:
+    Candidate velocities are every whole-pixel v = (vy, vx) with |vy|, |vx| <= ``radius``
+    pixels per frame. Frame k reads its nearest given frame s at p - (k - s) v for each
+    candidate (content moving at v lands there). Where a second given frame s' is there too,
+    each candidate's cost is how badly it explains the given frame s from s', matched over a
+    9 x 9 patch: |frame_s(q) - frame_s'(q - (s - s') v)|^2 at the pixel q it reads (a cost
+    volume, as optical-flow networks build; near 0 only for the velocity the content has).
+    The network outputs per pixel one logit per candidate, a salience z, a blend logit and C
+    channels F; the head returns [F, W] with
 
-        W = m * sum_v softmax_v(logit_v - beta * cost_v) * read_v,   m = sigmoid(blend + 3),
+        W = m * sum_v softmax_v(logit_v - beta cost_v + gamma e_v + z_v) read_v,   m = sigmoid(blend + 3),
 
-    m = 0 where no frame is given; beta is learned (from 10). The diffusion process writes x_0
-    around W (``GaussianDiffusion(prior_mean=True)``: x_0 = W + F). At initialisation (zero
-    output layer) W is already the constant-velocity continuation of the given frames; the
-    network learns where it does not hold (bounces, occlusions, one given frame) and F adds
-    what no candidate explains.
+    e_v the motion evidence of the pixel candidate v reads (how much better its best velocity
+    explains it than standing still) and z_v the network's salience there: many velocities
+    explain a target pixel as background that stays, and these let the one that brings a
+    moving object win (moving things occlude). m = 0 where no frame is given; beta and gamma
+    are learned (from 100 and 20). The diffusion process writes x_0 around W
+    (``GaussianDiffusion(prior_mean=True)``): x_0 = W + F, the warp corrected by F where it does
+    not hold (F counting only where the warp is blended out measured worse: 18.52 dB against
+    19.30 on 2 -> 6 after 600 steps). Untrained (zero output layer), W is the
+    constant-velocity continuation of the given frames; the network learns where it does not
+    hold (bounces, overlapping digits, a single given frame) and what to draw there.
     """
 
     def __init__(self, radius: int = 3):
@@ -334,14 +341,15 @@ class WarpHead(nn.Module):
             frames = x.float().permute(0, 2, 1, 3, 4)  # [N, T, C, H, W]
             content = along(frames)  # [N, T, K, C, H, W]
             # Each given frame's cost volume against its partner (the nearest other given frame):
-            # how well each velocity explains every pixel of it, matched over a 5 x 5 patch (one
-            # pixel's colour is matched by many wrong velocities, a patch's rarely).
+            # how well each velocity explains every pixel of it, matched over a 9 x 9 patch (one
+            # pixel's colour is matched by many wrong velocities, a patch's rarely; untrained,
+            # 2 -> 6 on held-out digits: 3x3 18.7 dB, 5x5 22.4, 7x7 25.4, 9x9 26.2).
             partner = source[:, :, 1]
             lag = (here - partner)[..., None]
             earlier = shifted_reads(torch.gather(frames, 1, partner[:, :, None, None, None].expand_as(frames)),
                                     -lag * vel[None, None, :, 0], -lag * vel[None, None, :, 1])
             cost = (frames[:, :, None] - earlier).square().mean(dim=3)  # [N, T, K, H, W]
-            cost = F.avg_pool2d(cost.reshape(n * t * k, 1, h, w), 5, stride=1, padding=2,
+            cost = F.avg_pool2d(cost.reshape(n * t * k, 1, h, w), 9, stride=1, padding=4,
                                 count_include_pad=False).reshape(n, t, k, h, w) * valid[:, :, 1, None, None, None]
             # Motion evidence: how much better the best velocity explains a pixel than standing
             # still. Many velocities explain a target pixel as background that stays; the

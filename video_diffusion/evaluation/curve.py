@@ -142,7 +142,11 @@ def plot_curve(curve: Dict, path) -> None:
     Quality against videos seen: PSNR and SSIM per conditional task, generation FVD and the
     x_0 diagnostic, each with its references as horizontal lines. Written as a PNG.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("the learning-curve picture needs matplotlib: pip install matplotlib "
+                          "(or pip install -e '.[plots]')") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
