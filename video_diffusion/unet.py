@@ -83,10 +83,7 @@ def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor):
     """
     t = x.shape[2]
     frames = torch.arange(t, device=x.device, dtype=torch.float32)
-    distance = (frames[None, :, None] - frames[None, None, :]).abs()  # [1, T (to), T (from)]
-    # only given frames are candidates; the 1e-3 * index breaks ties towards the earlier frame
-    cost = distance + 1e-3 * frames[None, None, :] + (1 - obs_mask.float())[:, None, :] * 1e6
-    source = cost.argmin(dim=2)  # [N, T]
+    source = two_nearest_given(obs_mask)[0][:, :, 0]  # [N, T]
     any_given = obs_mask.any(dim=1).to(x.dtype)
     picked = torch.gather(x, 2, source[:, None, :, None, None].expand_as(x)) * any_given[:, None, None, None, None]
     offset = (frames[None, :] - source.float()) / t * any_given[:, None]
