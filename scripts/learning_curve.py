@@ -72,7 +72,11 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = dist_util.setup_dist()
     i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos else None
-    cfg, _, _ = load_for_sampling(checkpoints[-1], device=ctx.device)
+    try:
+        cfg, _, _ = load_for_sampling(checkpoints[-1], device=ctx.device)
+    except (ValueError, FileNotFoundError) as e:
+        dist_util.cleanup(ctx)
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     curve["title"] = args.title or str(run_dir)
     if "references" not in curve:
         print("references: baselines, perfect model" + (", real-vs-real FVD" if i3d is not None else ""), flush=True)
@@ -82,8 +86,12 @@ def main(argv=None):
     todo = [c for c in checkpoints if str(int(c.stem.split("_")[-1])) not in curve["points"]]
     print(f"{len(checkpoints)} checkpoints in {run_dir}, {len(todo)} to measure", flush=True)
     for path in todo:
-        point = measure_checkpoint(path, ctx, args.num_videos, args.seed, i3d, args.fvd_videos, args.fvd_frames,
-                                   real_features_cache=cache)
+        try:
+            point = measure_checkpoint(path, ctx, args.num_videos, args.seed, i3d, args.fvd_videos, args.fvd_frames,
+                                       real_features_cache=cache)
+        except (ValueError, FileNotFoundError) as e:  # an unreadable or foreign checkpoint: named, not a traceback
+            dist_util.cleanup(ctx)
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
         if ctx.is_main:
             curve["points"][str(point["step"])] = point
             write_json(curve_path, curve)  # after every point: an interrupted curve keeps what it measured

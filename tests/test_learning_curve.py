@@ -57,3 +57,11 @@ def test_curve_of_every_checkpoint_with_references_and_resume(run_dir, tmp_path)
 def test_a_run_without_checkpoints_is_named(tmp_path):
     proc = run([sys.executable, CURVE, "--run_dir", str(tmp_path), "--fvd_videos", "0"])
     assert proc.returncode == 2 and str(tmp_path) in proc.stderr and "no checkpoints" in proc.stderr
+
+
+def test_a_corrupt_checkpoint_is_named(run_dir, tmp_path):
+    bad = tmp_path / "bad_run"
+    bad.mkdir()
+    (bad / "ckpt_0000002.pt").write_bytes(b"not a checkpoint")
+    proc = run([sys.executable, CURVE, "--run_dir", str(bad), "--out_dir", str(tmp_path / "c"), "--fvd_videos", "0"])
+    assert proc.returncode == 2 and "ckpt_0000002.pt" in proc.stderr and "Traceback" not in proc.stderr
