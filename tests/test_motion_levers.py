@@ -46,7 +46,7 @@ def test_warp_head_continues_the_given_frames_at_their_velocity():
     k = head.num_candidates
     raw[:, k + 1] = 20.0  # blend: all warp
     raw[:, k + 2:] = 0.125  # F passes through as the first C channels
-    out = head(raw, video, mask)
+    out = head(raw, head.match(video, mask))
     assert out.shape == (1, 6, 6, 16, 16) and (out[:, :3] == 0.125).all()
     prior = out[:, 3:]
     # untrained (zero logits and salience), the cost volume and the motion evidence alone put the
@@ -54,8 +54,8 @@ def test_warp_head_continues_the_given_frames_at_their_velocity():
     error = (prior[:, :, 2:5] - video[:, :, 2:5]).abs()
     assert error.max() < 0.15 and error.mean() < 0.01
     # without a given frame there is no prior; with one, the velocity is open (a blurred mean)
-    assert (head(raw, video, torch.zeros(1, 6))[:, 3:] == 0).all()
-    one = head(raw, video, torch.tensor([[1.0, 0, 0, 0, 0, 0]]))[:, 3:]
+    assert (head(raw, head.match(video, torch.zeros(1, 6)))[:, 3:] == 0).all()
+    one = head(raw, head.match(video, torch.tensor([[1.0, 0, 0, 0, 0, 0]])))[:, 3:]
     assert (one[:, :, 3] - video[:, :, 3]).abs().max() > 0.3
 
 

@@ -36,6 +36,7 @@ def create_model(cfg: Config) -> UNet3D:
         norm=m.norm,
         output_head=m.output_head,
         warp_radius=m.warp_radius,
+        warp_input=m.warp_input,
         num_classes=m.num_classes or None,
     )
 

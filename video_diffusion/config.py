@@ -51,6 +51,9 @@ class ModelConfig:
                           choices=("direct", "warp"))
     warp_radius: int = _f(3, "--output_head warp: the largest velocity, in pixels per frame per direction "
                              "((2r+1)^2 candidates)")
+    warp_input: bool = _f(False, "--output_head warp: also give every frame the warp before anything is learned "
+                                 "(the block matcher's continuation) as input channels, so the correction can "
+                                 "read the prior it corrects")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -247,6 +250,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("--sigma_data needs --predict_xstart: the skip is written on the x_0 prediction")
     if m.output_head == "warp" and not m.given_frame_input:
         raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
+    if m.warp_input and m.output_head != "warp":
+        raise ValueError("--warp_input needs --output_head warp")
     if m.warp_radius < 0:
         raise ValueError(f"--warp_radius must be >= 0, got {m.warp_radius}")
     if m.output_head == "warp" and not d.predict_xstart:

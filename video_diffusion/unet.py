@@ -8,7 +8,8 @@ through ``obs_mask`` only when ``mask_input`` is on; with it off it ignores the 
 which reproduces RaMViD's (unaware) network for comparison.
 """
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import math
 
@@ -307,16 +308,15 @@ class WarpHead(nn.Module):
     def num_outputs(self, channels: int) -> int:
         return self.num_candidates + 2 + channels
 
-    def forward(self, raw: torch.Tensor, x: torch.Tensor, obs_mask: torch.Tensor) -> torch.Tensor:
+    def match(self, x: torch.Tensor, obs_mask: torch.Tensor) -> "WarpMatch":
         """
-        :param raw: [N, K + 2 + C, T, H, W] the network's output.
+        What the given frames alone say (no gradient): every candidate's read, its cost and
+        motion evidence, and W_0, the warp with no learned term (the block matcher).
+
         :param x: [N, C, T, H, W] the network's input (given frames clean).
         :param obs_mask: [N, T], 1 on given frames.
-        :return: [N, 2C, T, H, W]: F, then W.
         """
         k = self.num_candidates
-        logits, salience, blend = raw[:, :k].float(), raw[:, k:k + 1].float(), raw[:, k + 1:k + 2].float()
-        correction = raw[:, k + 2:]
         n, c, t, h, w = x.shape
         source, valid = two_nearest_given(obs_mask)  # [N, T, 2]: each frame's nearest given frames
         here = torch.arange(t, device=x.device)[None, :]
@@ -334,7 +334,7 @@ class WarpHead(nn.Module):
             return shifted_reads(src.reshape(n, t * k, 1, h, w), dy.reshape(n, t * k, 1),
                                  dx.reshape(n, t * k, 1)).reshape(n, t, k, h, w)
 
-        with torch.no_grad():  # the reads and their costs depend on the given frames alone
+        with torch.no_grad():
             frames = x.float().permute(0, 2, 1, 3, 4)  # [N, T, C, H, W]
             content = along(frames)  # [N, T, K, C, H, W]
             # Each given frame's cost volume against its partner (the nearest other given frame):
@@ -353,13 +353,42 @@ class WarpHead(nn.Module):
             # evidence lets the one that brings a moving object there win (moving things occlude).
             evidence = cost[:, :, k // 2] - cost.min(dim=2).values  # [N, T, H, W]
             cost, evidence = along(cost, own=True), along(evidence[:, :, None])[:, :, :, 0]
-        score = (logits.permute(0, 2, 1, 3, 4) - self.log_beta.exp() * cost + self.log_gamma.exp() * evidence
-                 + along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
+            score = self.log_gamma.exp() * evidence - self.log_beta.exp() * cost
+            unlearned = (torch.softmax(score, dim=2)[:, :, :, None] * content).sum(dim=2)
+            unlearned = unlearned * valid[:, :, 0, None, None, None]
+        return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
+                         unlearned=unlearned.permute(0, 2, 1, 3, 4).to(x.dtype))
+
+    def forward(self, raw: torch.Tensor, match: "WarpMatch") -> torch.Tensor:
+        """
+        :param raw: [N, K + 2 + C, T, H, W] the network's output.
+        :param match: ``self.match`` of the network's input.
+        :return: [N, 2C, T, H, W]: F, then W.
+        """
+        k = self.num_candidates
+        logits, salience, blend = raw[:, :k].float(), raw[:, k:k + 1].float(), raw[:, k + 1:k + 2].float()
+        correction = raw[:, k + 2:]
+        score = (logits.permute(0, 2, 1, 3, 4) - self.log_beta.exp() * match.cost
+                 + self.log_gamma.exp() * match.evidence
+                 + match.along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
         weights = torch.softmax(score, dim=2)
-        prior = (weights[:, :, :, None] * content).sum(dim=2)  # [N, T, C, H, W]
-        m = torch.sigmoid(blend + 3.0) * valid[:, None, :, 0, None, None]
+        prior = (weights[:, :, :, None] * match.content).sum(dim=2)  # [N, T, C, H, W]
+        m = torch.sigmoid(blend + 3.0) * match.valid[:, None, :, 0, None, None]
         prior = m * prior.permute(0, 2, 1, 3, 4)
         return torch.cat([correction, prior.to(raw.dtype)], dim=1)
+
+
+@dataclass
+class WarpMatch:
+    """``WarpHead.match``: the candidates' reads [N, T, K, C, H, W], their costs and motion
+    evidence [N, T, K, H, W], which nearest given frames exist [N, T, 2], the read along the
+    candidates (``along``), and W_0 [N, C, T, H, W], the warp before anything is learned."""
+    content: torch.Tensor
+    cost: torch.Tensor
+    evidence: torch.Tensor
+    valid: torch.Tensor
+    along: Callable
+    unlearned: torch.Tensor
 
 
 class UNet3D(nn.Module):
@@ -388,6 +417,10 @@ class UNet3D(nn.Module):
         [F, W], W the given frames continued at a chosen constant velocity, ``WarpHead``, for
         a diffusion process with ``prior_mean``); "warp" needs ``given_frame_input``.
     :param warp_radius: the warp head's largest velocity, pixels per frame in each direction.
+    :param warp_input: with the warp head, every frame also gets W_0 (the warp before anything
+        is learned, ``WarpHead.match``) as input channels. x_0 = W + F asks F for x_t - W at low
+        noise and for the warp's failures at high noise; without W at hand the network has to
+        rebuild the warp inside itself to say either.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -396,7 +429,7 @@ class UNet3D(nn.Module):
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
-                 output_head: str = "direct", warp_radius: int = 3):
+                 output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -407,6 +440,9 @@ class UNet3D(nn.Module):
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
         self.head = WarpHead(warp_radius) if output_head == "warp" else None
+        if warp_input and output_head != "warp":
+            raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
+        self.warp_input = warp_input
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
         self.given_frame_input = given_frame_input
@@ -438,7 +474,7 @@ class UNet3D(nn.Module):
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepSequential(
-            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input)) + int(mask_input)
+            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input) + int(warp_input)) + int(mask_input)
                    + int(given_frame_input), ch))])
         skip_channels = [ch]
         ds = patch_size
@@ -489,10 +525,10 @@ class UNet3D(nn.Module):
         if self.mask_input and obs_mask is None:
             raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
         offset = None
-        frames = x
+        match = self.head.match(x, obs_mask) if self.head is not None else None
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)
-            x = torch.cat([x, given], dim=1)
+            x = torch.cat([x, given] + ([match.unlearned] if self.warp_input else []), dim=1)
         x = patchify(x, self.patch_size)
         if self.mask_input:
             n, _, t, h, w = x.shape
@@ -510,5 +546,5 @@ class UNet3D(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
         out = unpatchify(self.out(h), self.patch_size)
         if self.head is not None:
-            out = self.head(out, frames, obs_mask)
+            out = self.head(out, match)
         return out
