@@ -1,0 +1,75 @@
+"""
+What the project does, through its command line only: trains two micro models for 20 steps
+and samples them with every sampler on every task (plus guidance, replacement with
+resampling and a rolled-out video), writing the losses, the weights and the sample files
+into OUT. ``test_unchanged_behaviour.py`` runs it on the code before the restructuring
+(``git archive``) and on today's, and compares the results bit for bit.
+
+    python tests/behaviour_probe.py ROOT OUT     # ROOT: the checkout whose scripts/ run
+
+Only the scripts' flags are used, never a library import: those are the surface that stays.
+"""
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+MICRO = ["--image_size", "16", "--seq_len", "4", "--num_channels", "8", "--num_res_blocks", "1",
+         "--channel_mult", "1,2", "--attention_resolutions", "8", "--num_heads", "2", "--max_num_mask_frames", "2",
+         "--diffusion_steps", "100", "--batch_size", "2", "--num_workers", "0", "--log_interval", "1",
+         "--max_steps", "20", "--save_interval", "20", "--sample_interval", "0", "--ema_rate", "0.9"]
+MODELS = {
+    "direct": [],
+    # the CPU recipe's options: channel norm, the nearest given frame, the warp head, x_0 on cosine
+    "warp": ["--norm", "channel", "--given_frame_input", "true", "--output_head", "warp", "--warp_radius", "1",
+             "--predict_xstart", "true", "--noise_schedule", "cosine"],
+}
+TASKS = {"prediction": ["--task", "prediction", "--num_cond_frames", "1"],
+         "infill": ["--task", "infill", "--cond_frames", "0,3"],
+         "generation": ["--task", "generation"]}
+SAMPLERS = {"ddpm": ["--sampler", "ddpm"], "ddim": ["--sampler", "ddim", "--steps", "10", "--eta", "0.5"],
+            "dpmpp_2m": ["--sampler", "dpmpp_2m", "--steps", "8"], "dpmpp_2s": ["--sampler", "dpmpp_2s"],
+            "karras": ["--sampler", "dpmpp_2m", "--steps", "6", "--grid", "karras"]}
+EXTRA = {"guidance": TASKS["prediction"] + ["--sampler", "ddim", "--steps", "10", "--guidance_scale", "2"],
+         "replacement": TASKS["infill"] + ["--sampler", "ddpm", "--steps", "20", "--conditioning", "replacement",
+                                           "--resample_steps", "2"],
+         "rollout": TASKS["prediction"] + ["--steps", "6", "--num_frames", "7", "--context_frames", "2"],
+         "per_video": TASKS["prediction"] + ["--steps", "6", "--samples_per_video", "2", "--batch_size", "3"]}
+
+
+def script(root: Path, name: str):
+    spec = importlib.util.spec_from_file_location(f"probe_{name}", root / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(root: Path, out: Path) -> None:
+    sys.path.insert(0, str(root))
+    import torch
+
+    torch.set_num_threads(1)
+    train, sample = script(root, "video_train"), script(root, "video_sample")
+    summary = {}
+    for model, flags in MODELS.items():
+        run = out / model
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train.main(MICRO + flags + ["--log_dir", str(run)])
+        with open(run / "progress.csv", newline="") as f:
+            summary[model] = [row["loss"] for row in csv.DictReader(f)]
+        ckpt = run / "ckpt_0000020.pt"
+        jobs = {f"{task}-{s}": TASKS[task] + SAMPLERS[s] for task in TASKS for s in SAMPLERS}
+        jobs.update(EXTRA)
+        for job, job_flags in jobs.items():
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                sample.main(["--model_path", str(ckpt), "--out_dir", str(out / "samples" / model / job),
+                             "--num_samples", "3", "--batch_size", "2", "--seed", "7"] + job_flags)
+    (out / "losses.json").write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve())
