@@ -35,16 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
-from video_diffusion import ablation as study
-from video_diffusion import dist_util
-from video_diffusion.atomic import write_atomically, write_image, write_json, write_npz
-from video_diffusion.checkpoint import checkpoint_name, load_checkpoint
+from video_diffusion.studies import ablation as study
+from video_diffusion import distributed
+from video_diffusion.flags import parse_float_list, parse_int_list
+from video_diffusion.files import write_atomically, write_image, write_json, write_npz
+from video_diffusion.training.checkpoint import checkpoint_name, load_checkpoint
 from video_diffusion.config import PRESETS, Config, add_config_flags, config_from_args
-from video_diffusion.evaluation.ceiling import perfect_model_scores
+from video_diffusion.studies.ceiling import perfect_model_scores
 from video_diffusion.evaluation.quality import evaluate
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import SampleOptions, load_for_sampling, task_mask, test_dataset, validate_options
-from video_diffusion.sampling import SAMPLERS
+from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.options import SampleOptions
+from video_diffusion.sampling.plan import resolve_plan, task_mask, test_dataset
+from video_diffusion.sampling.samplers import SAMPLERS
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -188,8 +191,7 @@ def run_cells(args, rows, tasks, checkpoints, out: Path, ctx, i3d):
                     cfg, model, _ = load_for_sampling(ckpt, device=ctx.device)
                     loaded[row.model, train_seed] = cfg, model
                 cfg, model = loaded[row.model, train_seed]
-                validate_options(cfg, opts)
-                result = evaluate(cfg, model, opts, ctx, i3d=i3d if task.generation else None,
+                result = evaluate(cfg, model, resolve_plan(cfg, opts), ctx, i3d=i3d if task.generation else None,
                                   grid_videos=args.picture_videos, real_features_cache=real_features)
                 cell_dir.mkdir(parents=True, exist_ok=True)
                 record = {"metrics": result["metrics"], "options": dataclasses.asdict(opts), "checkpoint": str(ckpt),
@@ -273,8 +275,8 @@ def main(argv=None):
         for k, v in QUICK.items():
             setattr(args, k, v)
     try:
-        resample = [int(v) for v in args.resample.split(",") if v.strip()]
-        guidance = [float(v) for v in args.guidance.split(",") if v.strip()]
+        resample = parse_int_list(args.resample, "--resample")
+        guidance = parse_float_list(args.guidance, "--guidance")
     except ValueError:
         parser.error(f"--resample and --guidance take comma-separated numbers, got {args.resample!r}, "
                      f"{args.guidance!r}")
@@ -306,7 +308,7 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         write_json(settings_path, settings)
 
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     if ctx.world_size > 1:
         parser.error("run scripts/ablation.py as one process; give --launcher for multi-GPU training")
     try:  # before any training: a bad --i3d_weights must not surface after an hour of it
@@ -354,7 +356,7 @@ def main(argv=None):
                   sorted(records.items())]})
     print(tables)
     print(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, " + ", ".join(str(f) for f in figures))
-    dist_util.cleanup(ctx)
+    distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,15 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from video_diffusion import dist_util
+from video_diffusion import distributed
 from video_diffusion.config import add_config_flags, apply_overrides, config_from_args, validate
 from video_diffusion.data import create_dataset
-from video_diffusion.logger import RunLogger
-from video_diffusion.sample_util import SampleOptions, describe_sampler, generate, sampling_diffusion
-from video_diffusion.sampling import SAMPLERS
-from video_diffusion.train_util import build_train_loop
+from video_diffusion.training.logger import RunLogger
+from video_diffusion.sampling.generate import generate
+from video_diffusion.sampling.options import SampleOptions
+from video_diffusion.sampling.plan import resolve_plan
+from video_diffusion.sampling.samplers import SAMPLERS
+from video_diffusion.training.loop import build_train_loop
 
 
 def sync(device):
@@ -72,7 +74,7 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
 
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     device = ctx.device
     logger = RunLogger(cfg.train.log_dir, enabled=False)
     data = create_dataset(cfg)
@@ -104,12 +106,13 @@ def main(argv=None):
                          steps=args.sampling_steps, precision=cfg.train.precision)
     # the given frames come from the embedded videos (same shape): timing needs no folder scan
     sample_cfg = apply_overrides(cfg, {"data_dir": ""})
+    plan = resolve_plan(sample_cfg, opts)
     sync(device)
     start = time.perf_counter()
-    generate(sample_cfg, model, opts, dist_util.DistContext(0, 1, 0, 1, device, "single"))
+    generate(model, plan, distributed.DistContext(0, 1, 0, 1, device, "single"))
     sync(device)
     sample_s_per_video = (time.perf_counter() - start) / n
-    sampler_text = describe_sampler(opts, sampling_diffusion(sample_cfg, opts))
+    sampler_text = plan.describe()
 
     achieved_tflops = flops_per_step / s_per_step / 1e12
     result = {
@@ -139,7 +142,7 @@ def main(argv=None):
         print(f"{k:<{width}}  {v}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
-    dist_util.cleanup(ctx)
+    distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

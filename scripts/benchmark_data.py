@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from video_diffusion.config import parse_int_list
+from video_diffusion.flags import parse_int_list
 from video_diffusion.data import VideoFolder, train_loader
 
 

@@ -27,25 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
-from video_diffusion import dist_util
-from video_diffusion.atomic import write_atomically, write_json
+from video_diffusion import distributed
+from video_diffusion.files import write_atomically, write_json
 from video_diffusion.evaluation.quality import MIN_FVD_FRAMES, evaluate, frame_scores
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import (SampleOptions, add_checkpoint_flags, generate, load_for_sampling,
-                                        validate_options)
-from video_diffusion.sampling import GRIDS, SAMPLERS
-
-
-def parse_list(text, kind, flag):
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated values, got {text!r}") from None
+from video_diffusion.flags import parse_list
+from video_diffusion.sampling.generate import generate
+from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.options import SampleOptions, add_checkpoint_flags
+from video_diffusion.sampling.plan import resolve_plan
+from video_diffusion.sampling.samplers import GRIDS, SAMPLERS
 
 
 def run(cfg, model, opts, ctx):
     start = time.perf_counter()
-    out, _, _ = generate(cfg, model, opts, ctx)
+    out = generate(model, resolve_plan(cfg, opts), ctx)
     seconds = time.perf_counter() - start
     keys = sorted(out)
     return [out[k] for k in keys], seconds / len(keys)
@@ -118,7 +114,7 @@ def main(argv=None):
                         "is rolled out window by window)")
     add_i3d_flags(p)
     args = p.parse_args(argv)
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     try:
         if ctx.distributed:
             raise ValueError("run this comparison as one process (it times each sampler)")
@@ -137,13 +133,13 @@ def main(argv=None):
         cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, args.ema_rate, ctx.device)
         base = SampleOptions(task="prediction", num_cond_frames=args.num_cond_frames, num_samples=args.num_samples,
                              batch_size=args.batch_size)
-        validate_options(cfg, base)
+        resolve_plan(cfg, base)  # the options are checked before any sampling
         if args.fvd_videos < 0 or (args.fvd_videos and args.fvd_frames < MIN_FVD_FRAMES):
             raise ValueError(f"--fvd_videos must be >= 0 and --fvd_frames >= {MIN_FVD_FRAMES} (I3D's shortest clip)")
         generation = SampleOptions(task="generation", num_samples=args.fvd_videos, num_frames=args.fvd_frames,
                                    batch_size=args.batch_size)
         if args.fvd_videos:
-            validate_options(cfg, generation)
+            resolve_plan(cfg, generation)
         i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos else None
         settings = {"model_path": str(args.model_path), "weights": weights, "seeds": seeds,
                     "num_samples": args.num_samples, "num_cond_frames": args.num_cond_frames,
@@ -182,7 +178,7 @@ def main(argv=None):
         for seed in seeds:
             if i3d is not None:
                 opts = dataclasses.replace(generation, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
-                fvd.append(evaluate(cfg, model, opts, ctx, i3d=i3d, real_features_cache=real_features)
+                fvd.append(evaluate(cfg, model, resolve_plan(cfg, opts), ctx, i3d=i3d, real_features_cache=real_features)
                            ["metrics"]["fvd"])
             opts = dataclasses.replace(base, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
             items, s_per_video = run(cfg, model, opts, ctx)

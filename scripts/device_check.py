@@ -118,16 +118,18 @@ def quality_run(out_dir: Path, smoke: bool, minutes: float, batch: int, num_vide
     if proc.returncode not in (0, 75):
         raise RuntimeError(f"the quality run's training exited {proc.returncode} (see quality_train.log)")
 
-    from video_diffusion import dist_util
-    from video_diffusion.atomic import write_image
-    from video_diffusion.checkpoint import find_latest, load_checkpoint
+    from video_diffusion import distributed
+    from video_diffusion.files import write_image
+    from video_diffusion.training.checkpoint import find_latest, load_checkpoint
     from video_diffusion.evaluation.curve import curve_tasks, references
     from video_diffusion.evaluation.quality import evaluate
-    from video_diffusion.sample_util import SampleOptions, load_for_sampling
+    from video_diffusion.sampling.loading import load_for_sampling
+    from video_diffusion.sampling.options import SampleOptions
+    from video_diffusion.sampling.plan import resolve_plan
 
     ckpt = find_latest(run_dir)
     step = int(load_checkpoint(ckpt)["step"])
-    ctx = dist_util.DistContext(0, 1, 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"), "single")
+    ctx = distributed.DistContext(0, 1, 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"), "single")
     cfg, model, _ = load_for_sampling(ckpt, device=ctx.device)
     tasks = [t for t in curve_tasks(cfg.model.seq_len) if t["key"] in ("pred2", "infill")]
     refs = references(cfg, num_videos, device=ctx.device)
@@ -136,7 +138,7 @@ def quality_run(out_dir: Path, smoke: bool, minutes: float, batch: int, num_vide
     for task in tasks:
         fields = {k: v for k, v in task.items() if k not in ("key", "label")}
         opts = SampleOptions(**fields, num_samples=num_videos, **({"steps": 4} if smoke else {}))
-        out = evaluate(cfg, model, opts, ctx, grid_videos=8)
+        out = evaluate(cfg, model, resolve_plan(cfg, opts), ctx, grid_videos=8)
         m = out["metrics"]
         result["tasks"][task["key"]] = {"label": task["label"], "model": {"psnr": m["psnr_mean"], "ssim": m["ssim_mean"]},
                                         **{k: refs[task["key"]][k] for k in ("copy_last_given", "black", "perfect")

@@ -16,11 +16,11 @@ import argparse
 
 import numpy as np
 
-from video_diffusion.atomic import write_json
+from video_diffusion.files import write_json
 from video_diffusion.config import PRESETS, Config, apply_overrides
-from video_diffusion.evaluation.ceiling import perfect_model_scores
+from video_diffusion.studies.ceiling import perfect_model_scores
 from video_diffusion.evaluation.quality import copy_last_given, frame_scores
-from video_diffusion.sample_util import task_mask, test_dataset
+from video_diffusion.sampling.plan import task_mask, test_dataset
 
 
 def main(argv=None):

@@ -26,13 +26,15 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from video_diffusion import dist_util
-from video_diffusion.config import str2bool
-from video_diffusion.atomic import write_image, write_json
+from video_diffusion import distributed
+from video_diffusion.flags import str2bool
+from video_diffusion.files import write_image, write_json
 from video_diffusion.evaluation.quality import check_shards, evaluate, format_table
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import (add_sample_flags, check_output_folder, describe_sampler, load_for_sampling,
-                                        sample_options_from, sampling_diffusion, test_dataset, validate_options)
+from video_diffusion.files import check_output_folder
+from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.options import add_sample_flags, sample_options_from
+from video_diffusion.sampling.plan import resolve_plan
 
 NUM_FRAMES, NUM_COND = 16, 1
 BAIR_TEST_VIDEOS = 256
@@ -71,13 +73,13 @@ def main(argv=None):
                    help=f"evaluate a test set other than the whole BAIR test split ({BAIR_TEST_VIDEOS} videos), or "
                         "--num_samples of it; the JSON then says the figures are not the protocol's")
     args = p.parse_args(argv)
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     try:
         if not args.data_dir:
             raise ValueError("--data_dir: give the prepared BAIR test split (OUT/test of prepare_bair.py)")
         out_dir = Path(args.out_dir)
         # rank 0 looks at the folder before anything runs; every rank learns the verdict
-        verdict = dist_util.all_gather_object(ctx, _check(check_out_dir, out_dir) if ctx.is_main else "")[0]
+        verdict = distributed.all_gather_object(ctx, _check(check_out_dir, out_dir) if ctx.is_main else "")[0]
         if verdict:
             raise ValueError(verdict)
         opts = sample_options_from(args, task="prediction", num_cond_frames=NUM_COND, num_frames=NUM_FRAMES)
@@ -88,10 +90,9 @@ def main(argv=None):
             raise ValueError(f"{args.model_path}: the model's window is {cfg.model.seq_len} frames (--seq_len); the "
                              f"protocol predicts {NUM_FRAMES - NUM_COND} frames from {NUM_COND} in one window of "
                              f"{NUM_FRAMES}")
-        validate_options(cfg, opts)
-        sampler = describe_sampler(opts, sampling_diffusion(cfg, opts))
-        num_test = len(test_dataset(cfg, NUM_FRAMES, args.data_dir))  # every file must be readable
-        used = min(opts.num_samples or num_test, num_test)
+        plan = resolve_plan(cfg, opts)  # every test file must be readable
+        sampler = plan.describe()
+        num_test, used = len(plan.data), plan.num_videos
         complete = num_test == BAIR_TEST_VIDEOS and used == num_test
         if not complete and not args.allow_partial_test_set:
             raise ValueError(f"--data_dir {args.data_dir} holds {num_test} test videos"
@@ -106,13 +107,13 @@ def main(argv=None):
             print(f"BAIR 1 -> 15: {used} of {num_test} test video(s) x {opts.samples_per_video} samples "
                   f"with {weights}, sampler {sampler}, on {ctx.world_size} rank(s)"
                   + ("" if complete else " -- NOT the full protocol"), flush=True)
-        dist_util.barrier(ctx)
-        result = evaluate(cfg, model, opts, ctx, i3d=i3d, shard_dir=out_dir,
+        distributed.barrier(ctx)
+        result = evaluate(cfg, model, plan, ctx, i3d=i3d, shard_dir=out_dir,
                           progress=ctx.is_main)
         if ctx.is_main:
             check_shards(out_dir, ctx.world_size, result["run_id"])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        dist_util.cleanup(ctx)
+        distributed.cleanup(ctx)
         p.exit(2, f"{p.prog}: error: {e}\n")
     if ctx.is_main:
         m = result["metrics"]
@@ -125,7 +126,7 @@ def main(argv=None):
             print(f"mean of the per-sample-index FVDs: {m['fvd_per_sample_index_mean']:.4f}")
         print(f"wrote {out_dir / 'bair_eval.json'}")
         print(f"FVD: {m['fvd']:.4f}")
-    dist_util.cleanup(ctx)
+    distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

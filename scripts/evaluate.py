@@ -19,14 +19,16 @@ grid.png (ground truth above samples, given frames outlined in red) into a new f
 import argparse
 import dataclasses
 
-from video_diffusion import dist_util
-from video_diffusion.atomic import write_image, write_json
-from video_diffusion.config import str2bool
+from video_diffusion import distributed
+from video_diffusion.files import write_image, write_json
+from video_diffusion.flags import str2bool
 from video_diffusion.evaluation.quality import evaluate, format_table
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, check_output_folder, describe_sampler,
-                                        load_for_sampling, new_output_dir, sample_options_from, sampling_diffusion,
-                                        validate_options)
+from video_diffusion.files import check_output_folder
+from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.options import add_checkpoint_flags, add_sample_flags, sample_options_from
+from video_diffusion.sampling.outputs import new_output_dir
+from video_diffusion.sampling.plan import resolve_plan
 
 
 def build_parser():
@@ -44,13 +46,13 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     try:
         check_output_folder(args.out_dir, "--out_dir")  # before any sampling
         cfg, model, weights = load_for_sampling(args.model_path, None, args.use_ema, args.ema_rate, ctx.device)
         opts = sample_options_from(args)
-        validate_options(cfg, opts)
-        sampler = describe_sampler(opts, sampling_diffusion(cfg, opts))
+        plan = resolve_plan(cfg, opts)
+        sampler = plan.describe()
         frames = opts.num_frames or cfg.model.seq_len
         i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd and frames >= 10 else None
         out_dir = new_output_dir(args.out_dir, opts.task) if ctx.is_main else None
@@ -60,10 +62,10 @@ def main(argv=None):
             if args.fvd and frames < 10:
                 print(f"FVD not computed: I3D needs >= 10 frames, the clips have {frames} "
                       "(give --num_frames 16 to roll out longer clips)", flush=True)
-        result = evaluate(cfg, model, opts, ctx, i3d=i3d, grid_videos=args.grid_videos,
+        result = evaluate(cfg, model, plan, ctx, i3d=i3d, grid_videos=args.grid_videos,
                           progress=ctx.is_main)
     except (ValueError, FileNotFoundError) as e:
-        dist_util.cleanup(ctx)
+        distributed.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if ctx.is_main:
         metrics = {**result["metrics"], "sampler": sampler, "weights": weights, "model_path": str(args.model_path),
@@ -73,7 +75,7 @@ def main(argv=None):
             write_image(out_dir / "grid.png", result["grid"])
         print(format_table(metrics))
         print(f"wrote {out_dir / 'quality.json'} and {out_dir / 'grid.png'}", flush=True)
-    dist_util.cleanup(ctx)
+    distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from video_diffusion.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
-from video_diffusion.preemption import EXIT_PREEMPTED  # noqa: E402
+from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from video_diffusion.training.preemption import EXIT_PREEMPTED  # noqa: E402
 
 # A network small enough that a step takes milliseconds.
 MICRO = dict(image_size=16, seq_len=4, num_channels=8, num_res_blocks=1, channel_mult="1,2",

@@ -17,12 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from video_diffusion import dist_util
-from video_diffusion.atomic import write_json
-from video_diffusion.checkpoint import list_checkpoints
+from video_diffusion import distributed
+from video_diffusion.files import write_json
+from video_diffusion.training.checkpoint import list_checkpoints
 from video_diffusion.evaluation.curve import measure_checkpoint, plot_curve, references
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
-from video_diffusion.sample_util import check_output_folder, load_for_sampling
+from video_diffusion.files import check_output_folder
+from video_diffusion.sampling.loading import load_for_sampling
 
 
 def build_parser():
@@ -70,12 +71,12 @@ def main(argv=None):
                            "give another --out_dir or the same settings\n")
         curve = stored
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos else None
     try:
         cfg, _, _ = load_for_sampling(checkpoints[-1], device=ctx.device)
     except (ValueError, FileNotFoundError) as e:
-        dist_util.cleanup(ctx)
+        distributed.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     curve["title"] = args.title or str(run_dir)
     if "references" not in curve:
@@ -90,7 +91,7 @@ def main(argv=None):
             point = measure_checkpoint(path, ctx, args.num_videos, args.seed, i3d, args.fvd_videos, args.fvd_frames,
                                        real_features_cache=cache)
         except (ValueError, FileNotFoundError) as e:  # an unreadable or foreign checkpoint: named, not a traceback
-            dist_util.cleanup(ctx)
+            distributed.cleanup(ctx)
             parser.exit(2, f"{parser.prog}: error: {e}\n")
         if ctx.is_main:
             curve["points"][str(point["step"])] = point
@@ -103,7 +104,7 @@ def main(argv=None):
         write_json(curve_path, curve)
         plot_curve(curve, out_dir / "curve.png")
         print(f"wrote {curve_path} and {out_dir / 'curve.png'}", flush=True)
-    dist_util.cleanup(ctx)
+    distributed.cleanup(ctx)
     return 0
 
 

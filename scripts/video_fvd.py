@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_diffusion.atomic import write_npz
+from video_diffusion.files import write_npz
 from video_diffusion.data import VideoFolder
 from video_diffusion.evaluation.fvd import (check_videos, feature_stats, frechet_distance, i3d_features,
                                             load_sample_file, load_stats, save_stats)

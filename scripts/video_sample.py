@@ -16,12 +16,14 @@ import argparse
 import dataclasses
 import time
 
-from video_diffusion import dist_util
+from video_diffusion import distributed
 from video_diffusion.config import add_config_flags, given_fields
-from video_diffusion.sample_util import (add_checkpoint_flags, add_sample_flags, check_output_folder, describe_sampler,
-                                        gather_samples,
-                                        generate, load_for_sampling, mp4_available, new_output_dir,
-                                        sample_options_from, sampling_diffusion, save_previews, save_samples)
+from video_diffusion.files import check_output_folder
+from video_diffusion.sampling.generate import gather_samples, generate
+from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.options import add_checkpoint_flags, add_sample_flags, sample_options_from
+from video_diffusion.sampling.outputs import mp4_available, new_output_dir, save_previews, save_samples
+from video_diffusion.sampling.plan import resolve_plan
 
 
 def build_parser():
@@ -38,22 +40,24 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides = given_fields(args, groups=("model", "diffusion"))
-    ctx = dist_util.setup_dist()
+    ctx = distributed.setup_dist()
     try:
         check_output_folder(args.out_dir, "--out_dir")  # before any sampling, not after
         cfg, model, weights = load_for_sampling(args.model_path, overrides, args.use_ema, args.ema_rate, ctx.device)
         opts = sample_options_from(args)
-        steps = describe_sampler(opts, sampling_diffusion(cfg, opts))
+        plan = resolve_plan(cfg, opts)
+        steps = plan.describe()
         if ctx.is_main:
             print(f"sampling {opts.num_samples or 'one per test video'} x {opts.samples_per_video} videos ({opts.task}) "
                   f"with {weights} from {args.model_path} on {ctx.world_size} rank(s); sampler {steps}", flush=True)
         start = time.perf_counter()
-        mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=ctx.is_main)
+        mine = generate(model, plan, ctx, progress=ctx.is_main)
+        skipped = plan.skipped
         elapsed = time.perf_counter() - start
     except (ValueError, FileNotFoundError) as e:
-        dist_util.cleanup(ctx)
+        distributed.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    num_items = num_videos * opts.samples_per_video
+    num_items = plan.num_items
     result = gather_samples(ctx, mine, num_items)
     if ctx.is_main:
         samples, gt, masks = result
@@ -73,7 +77,7 @@ def main(argv=None):
                 print(f"wrote {p}", flush=True)
             if not mp4_available():
                 print("no MP4 previews: pip install imageio imageio-ffmpeg to get them", flush=True)
-    dist_util.cleanup(ctx)
+    distributed.cleanup(ctx)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ the exit status is then 75, so a job script can requeue on it. Other failures ex
 import argparse
 import sys
 
-from video_diffusion import dist_util
+from video_diffusion import distributed
 from video_diffusion.config import add_config_flags, describe_config, given_fields
-from video_diffusion.logger import RunLogger
-from video_diffusion.preemption import EXIT_PREEMPTED, Preempted
-from video_diffusion.train_util import DataFailure, TrainingDiverged, build_train_loop, resolve_train_config
+from video_diffusion.training.logger import RunLogger
+from video_diffusion.training.preemption import EXIT_PREEMPTED, Preempted
+from video_diffusion.training.loop import DataFailure, TrainingDiverged, build_train_loop, resolve_train_config
 
 
 def main(argv=None):
@@ -43,7 +43,7 @@ def main(argv=None):
     if args.dist_timeout < 1:
         parser.error(f"--dist_timeout must be at least 1 minute, got {args.dist_timeout}")
     try:
-        ctx = dist_util.setup_dist(timeout_minutes=args.dist_timeout)
+        ctx = distributed.setup_dist(timeout_minutes=args.dist_timeout)
         logger = RunLogger(cfg.train.log_dir, enabled=ctx.is_main, resume_step=resume.step if resume else 0)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -69,7 +69,7 @@ def main(argv=None):
         status = 130
     finally:
         logger.close()
-        dist_util.cleanup(ctx)
+        distributed.cleanup(ctx)
     if status:
         sys.exit(status)
 

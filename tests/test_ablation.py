@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from video_diffusion import ablation as study
-from video_diffusion.checkpoint import load_checkpoint
+from video_diffusion.studies import ablation as study
+from video_diffusion.training.checkpoint import load_checkpoint
 
 
 def load_script(name):
@@ -87,7 +87,7 @@ def test_each_printed_evaluate_command_gives_its_cells_options():
     tasks = study.study_tasks(8, args.gen_frames)
     cells = list(ablation.cells_of(args, rows, tasks))
     assert len(cells) == (len(rows) * 3 + 4) * args.seeds  # generation once per model
-    from video_diffusion.sample_util import sample_options_from
+    from video_diffusion.sampling.options import sample_options_from
     for row, task, seed in cells:
         opts = ablation.cell_options(args, row, task, seed)
         parsed = evaluate.build_parser().parse_args(["--model_path", "m.pt", *study.sample_argv(opts)])

@@ -11,10 +11,10 @@ import torch
 
 from conftest import REPO, micro_config, script_env
 from test_training import flat_params, loop_for
-from video_diffusion import checkpoint as ckpt_mod
-from video_diffusion.checkpoint import (CheckpointWriteError, find_resume_point, list_checkpoints, load_checkpoint,
+from video_diffusion.training import checkpoint as ckpt_mod
+from video_diffusion.training.checkpoint import (CheckpointWriteError, find_resume_point, list_checkpoints, load_checkpoint,
                                         save_checkpoint)
-from video_diffusion.train_util import find_resume
+from video_diffusion.training.loop import find_resume
 
 
 class Evil:
@@ -157,14 +157,14 @@ def test_progress_rows_after_the_resumed_step_are_dropped(tmp_path):
     cfg = micro_config(tmp_path, max_steps=6, save_interval=2, log_interval=1)
     loop_for(cfg).run()
     (run / "ckpt_0000006.pt").unlink()  # as if killed after logging steps 5 and 6 but before their save
-    from video_diffusion.logger import RunLogger
+    from video_diffusion.training.logger import RunLogger
 
     cfg = micro_config(tmp_path, max_steps=6, save_interval=2, log_interval=1)
     resume = find_resume(cfg)
     assert resume.step == 4
     logger = RunLogger(run, echo=False, resume_step=resume.step)
     from test_training import CPU
-    from video_diffusion.train_util import build_train_loop
+    from video_diffusion.training.loop import build_train_loop
 
     build_train_loop(cfg, CPU, logger, resume).run()
     logger.close()
@@ -194,7 +194,7 @@ def test_a_video_that_becomes_unreadable_mid_run_is_a_one_line_error(tmp_path):
     loop.save()
     for p in data.iterdir():
         p.write_bytes(b"truncated")  # the disk under the run goes bad
-    from video_diffusion.train_util import DataFailure
+    from video_diffusion.training.loop import DataFailure
 
     with pytest.raises(DataFailure) as e:
         loop.run()
@@ -224,8 +224,8 @@ class DiesInWorker(torch.utils.data.Dataset):
 
 def test_a_dead_dataloader_worker_is_a_one_line_error(tmp_path):
     from test_training import CPU
-    from video_diffusion.logger import RunLogger
-    from video_diffusion.train_util import DataFailure, build_train_loop
+    from video_diffusion.training.logger import RunLogger
+    from video_diffusion.training.loop import DataFailure, build_train_loop
 
     cfg = micro_config(tmp_path, num_workers=1, max_steps=50)
     loop = build_train_loop(cfg, CPU, RunLogger(cfg.train.log_dir, echo=False), dataset=DiesInWorker(cfg))

@@ -15,14 +15,16 @@ import pytest
 import torch
 
 from conftest import micro_config
-from video_diffusion import dist_util
+from video_diffusion import distributed
 from video_diffusion.build import create_diffusion, create_model
-from video_diffusion.checkpoint import load_checkpoint, save_checkpoint
-from video_diffusion.logger import RunLogger
-from video_diffusion.nn import to_channels_last
-from video_diffusion.sample_util import SampleOptions, generate
-from video_diffusion.sampling import SAMPLERS
-from video_diffusion.train_util import build_train_loop
+from video_diffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from video_diffusion.training.logger import RunLogger
+from video_diffusion.models.nn import to_channels_last
+from video_diffusion.sampling.generate import generate
+from video_diffusion.sampling.options import SampleOptions
+from video_diffusion.sampling.plan import resolve_plan
+from video_diffusion.sampling.samplers import SAMPLERS
+from video_diffusion.training.loop import build_train_loop
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")]
@@ -70,7 +72,7 @@ def test_unet_forward_backward_on_gpu_matches_cpu(recipe):
 
 def test_training_step_bf16_channels_last_fused_adamw(tmp_path):
     cfg = micro_config(tmp_path, precision="bf16", channels_last=True, **RECIPE)
-    ctx = dist_util.DistContext(0, 1, 0, 1, GPU, "single")
+    ctx = distributed.DistContext(0, 1, 0, 1, GPU, "single")
     loop = build_train_loop(cfg, ctx, RunLogger(tmp_path / "run", enabled=False))
     assert loop.fused_adamw
     conv = next(p for p in loop.model.parameters() if p.ndim == 5 and p.shape[2:] == (3, 3, 3))
@@ -103,11 +105,11 @@ def test_every_sampler_on_gpu_keeps_the_given_frames(sampler):
     cfg = micro_config(**RECIPE)
     torch.manual_seed(0)
     model = to_channels_last(create_model(cfg).to(GPU).eval())
-    ctx = dist_util.DistContext(0, 1, 0, 1, GPU, "single")
+    ctx = distributed.DistContext(0, 1, 0, 1, GPU, "single")
     for precision in ("fp32", "bf16"):
         opts = SampleOptions(task="prediction", num_cond_frames=2, num_samples=2, batch_size=2, sampler=sampler,
                              steps=4, precision=precision)
-        out, _, _ = generate(cfg, model, opts, ctx)
+        out = generate(model, resolve_plan(cfg, opts), ctx)
         for sample, gt, mask in out.values():
             assert sample.shape == gt.shape and (sample[mask == 1] == gt[mask == 1]).all()
 

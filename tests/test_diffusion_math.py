@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from video_diffusion.gaussian_diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
+from video_diffusion.diffusion.gaussian_diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
                                                 get_named_beta_schedule)
-from video_diffusion.respace import SpacedDiffusion, space_timesteps
+from video_diffusion.diffusion.respace import SpacedDiffusion, space_timesteps
 
 
 def make(schedule="linear", steps=100, mean=ModelMeanType.EPSILON, var=ModelVarType.FIXED_LARGE):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, VENV_BIN, micro_config, script_env
-from video_diffusion.dist_util import _tasks_on_node, host_address, launch_from_env
+from video_diffusion.distributed import _tasks_on_node, host_address, launch_from_env
 
 MPIEXEC = shutil.which("mpiexec", path=str(VENV_BIN)) or shutil.which("mpiexec")
 

@@ -356,7 +356,7 @@ def test_bair_protocol_refuses_a_model_whose_window_is_too_short(tmp_path):
     for i in range(2):
         np.savez(test_dir / f"traj_{i:06d}.npz", video=rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
     from conftest import micro_config
-    from video_diffusion.checkpoint import save_checkpoint
+    from video_diffusion.training.checkpoint import save_checkpoint
     from video_diffusion.build import create_model
 
     cfg = micro_config(seq_len=4, data_dir=str(test_dir))
@@ -384,7 +384,7 @@ def test_a_shard_set_must_be_complete_and_of_one_run(tmp_path):
 
 def test_sampling_never_inherits_skip_bad_videos_from_training(tmp_path):
     from conftest import micro_config
-    from video_diffusion.sample_util import test_dataset
+    from video_diffusion.sampling.plan import test_dataset
 
     data = tmp_path / "videos"
     data.mkdir()

@@ -14,15 +14,19 @@ import pytest
 import torch
 
 from conftest import REPO, script_env
-from video_diffusion import dist_util
+from video_diffusion import distributed
 from video_diffusion.config import PRESETS, Config, apply_overrides
-from video_diffusion.data import MovingDigits, seed_of
-from video_diffusion.checkpoint import find_latest
-from video_diffusion.logger import RunLogger
-from video_diffusion.masking import prediction_mask
-from video_diffusion.sample_util import SampleOptions, load_for_sampling, sampling_diffusion, to_uint8
-from video_diffusion.sampling import sample
-from video_diffusion.train_util import build_train_loop
+from video_diffusion.data import MovingDigits
+from video_diffusion.seeds import HELD_OUT_SEED, seed_of
+from video_diffusion.training.checkpoint import find_latest
+from video_diffusion.training.logger import RunLogger
+from video_diffusion.diffusion.masks import prediction_mask
+from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.options import SampleOptions
+from video_diffusion.sampling.outputs import to_uint8
+from video_diffusion.sampling.plan import resolve_plan
+from video_diffusion.sampling.generate import sample
+from video_diffusion.training.loop import build_train_loop
 
 STEPS = 200
 
@@ -52,17 +56,17 @@ def test_on_still_digits_predictions_keep_the_colour_as_well_as_the_shape(tmp_pa
     torch.set_num_threads(2)
     cfg = apply_overrides(Config(), {**PRESETS["tiny"], "max_steps": 150, "sample_interval": 0, "num_workers": 0,
                                      "log_dir": str(tmp_path / "run")})
-    ctx = dist_util.DistContext(0, 1, 0, 1, torch.device("cpu"), "single")
+    ctx = distributed.DistContext(0, 1, 0, 1, torch.device("cpu"), "single")
     loop = build_train_loop(cfg, ctx, RunLogger(tmp_path / "run", echo=False),
                             dataset=MovingDigits(32, 8, seed=1, still=True))
     loop.run()
     _, model, _ = load_for_sampling(find_latest(tmp_path / "run"))  # the EMA weights
-    test = MovingDigits(32, 8, seed=seed_of(1, 0x7E57), still=True)
+    test = MovingDigits(32, 8, seed=seed_of(1, HELD_OUT_SEED), still=True)
     gt = torch.stack([test[v]["video"] for v in range(8)])
     mask = prediction_mask(8, 8, 2)
     opts = SampleOptions(task="prediction", num_cond_frames=2)
     gens = [torch.Generator().manual_seed(v) for v in range(8)]
-    out = sample(sampling_diffusion(cfg, opts), model, tuple(gt.shape), gens, obs_mask=mask, x_known=gt,
+    out = sample(resolve_plan(cfg, opts).diffusion, model, tuple(gt.shape), gens, obs_mask=mask, x_known=gt,
                  sampler=opts.sampler)
     pred, truth = to_uint8(out)[:, 2:].astype(float), to_uint8(gt)[:, 2:].astype(float)
     ink = truth.max(axis=-1) > 60  # the digits' pixels in the predicted frames

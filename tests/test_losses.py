@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from video_diffusion.gaussian_diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
+from video_diffusion.diffusion.gaussian_diffusion import (GaussianDiffusion, LossType, ModelMeanType, ModelVarType,
                                                 get_named_beta_schedule)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from video_diffusion.masking import (check_mask_config, frames_mask, parse_mask_range, prediction_mask,
+from video_diffusion.diffusion.masks import (check_mask_config, frames_mask, parse_mask_range, prediction_mask,
                                      sample_train_mask, unconditional_mask)
 
 

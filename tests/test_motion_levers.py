@@ -10,8 +10,8 @@ import torch
 from conftest import micro_config
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.config import validate
-from video_diffusion.nn import ChannelNorm, GroupNorm32
-from video_diffusion.unet import WarpHead, shifted_reads
+from video_diffusion.models.nn import ChannelNorm, GroupNorm32
+from video_diffusion.models.warp import WarpHead, shifted_reads
 
 
 def test_shifted_reads_move_content_by_whole_pixels_and_read_the_border_outside():

@@ -12,10 +12,10 @@ from conftest import REPO, script_env, micro_config
 from test_sampling import X_KNOWN, gens
 from test_training import CPU, fixed_batches, flat_params
 from video_diffusion.build import create_diffusion, create_model
-from video_diffusion.logger import RunLogger
-from video_diffusion.masking import prediction_mask
-from video_diffusion.sampling import sample
-from video_diffusion.train_util import TrainLoop
+from video_diffusion.training.logger import RunLogger
+from video_diffusion.diffusion.masks import prediction_mask
+from video_diffusion.sampling.generate import sample
+from video_diffusion.training.loop import TrainLoop
 
 
 def two_steps(tmp_path, **overrides):

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import MICRO, REPO, VENV_BIN, script_env
-from video_diffusion.checkpoint import list_checkpoints, load_checkpoint
-from video_diffusion.preemption import EXIT_PREEMPTED
+from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
+from video_diffusion.training.preemption import EXIT_PREEMPTED
 
 MPIEXEC = shutil.which("mpiexec", path=str(VENV_BIN)) or shutil.which("mpiexec")
 TRAIN = str(REPO / "scripts" / "video_train.py")

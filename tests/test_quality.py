@@ -10,10 +10,11 @@ import torch
 
 from conftest import REPO, micro_config, script_env
 from test_cli import MICRO_FLAGS
-from video_diffusion.dist_util import DistContext
+from video_diffusion.distributed import DistContext
 from video_diffusion.evaluation.metrics import psnr
 from video_diffusion.evaluation.quality import copy_last_given, evaluate, format_table, frame_scores
-from video_diffusion.sample_util import SampleOptions
+from video_diffusion.sampling.options import SampleOptions
+from video_diffusion.sampling.plan import resolve_plan
 
 CPU = DistContext(0, 1, 0, 1, torch.device("cpu"), "single")
 
@@ -65,7 +66,7 @@ def test_an_oracle_scores_perfectly_and_its_fvd_is_zero(static_videos):
     cfg = micro_config(seq_len=10, predict_xstart=True, data_dir=str(static_videos))
     opts = SampleOptions(task="prediction", num_cond_frames=2, num_samples=3, samples_per_video=2, steps=5,
                          data_dir=str(static_videos), batch_size=4)
-    result = evaluate(cfg, StaticOracle(), opts, CPU, i3d=load_i3d(), grid_videos=2)
+    result = evaluate(cfg, StaticOracle(), resolve_plan(cfg, opts), CPU, i3d=load_i3d(), grid_videos=2)
     m = result["metrics"]
     assert m["num_videos"] == 3 and m["samples_per_video"] == 2 and m["num_frames"] == 10
     assert m["psnr_mean"] == pytest.approx(100.0) and m["psnr_best"] == pytest.approx(100.0)
@@ -92,7 +93,7 @@ def test_best_of_k_is_at_least_the_mean_and_samples_differ_by_seed(static_videos
     cfg = micro_config(seq_len=6, predict_xstart=True, data_dir=str(static_videos))
     opts = SampleOptions(task="infill", cond_frames="0,5", num_samples=3, samples_per_video=3, steps=4,
                          data_dir=str(static_videos))
-    m = evaluate(cfg, Noisy(), opts, CPU)["metrics"]
+    m = evaluate(cfg, Noisy(), resolve_plan(cfg, opts), CPU)["metrics"]
     assert m["psnr_best"] > m["psnr_mean"] and m["ssim_best"] >= m["ssim_mean"]
     assert "fvd" not in m  # no I3D given
 
@@ -114,8 +115,9 @@ def test_evaluate_script_on_a_trained_checkpoint(tmp_path):
     assert "FVD not computed: I3D needs >= 10 frames" in proc.stdout
     assert "copy last given frame" in proc.stdout and (out / "grid.png").is_file()
     # the black baseline, recomputed from the held-out videos the harness used
-    from video_diffusion.data import MovingDigits, seed_of
-    data = MovingDigits(16, 4, channels=3, seed=seed_of(0, 0x7E57))
+    from video_diffusion.data import MovingDigits
+    from video_diffusion.seeds import HELD_OUT_SEED, seed_of
+    data = MovingDigits(16, 4, channels=3, seed=seed_of(0, HELD_OUT_SEED))
     gt = torch.from_numpy(np.stack([data.frames(i) for i in range(4)]))[:, 1:]
     expected = psnr(torch.zeros_like(gt), gt).clamp(max=100).mean(dim=1).mean()
     assert m["baselines"]["black"]["psnr"] == pytest.approx(float(expected))

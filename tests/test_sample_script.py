@@ -214,7 +214,7 @@ def test_class_conditional_training_with_skipped_files_then_every_window(tmp_pat
     log = (run_dir / "log.txt").read_text()
     assert "push_broken.mp4: cannot be decoded" in log and "1 unusable videos left out" in log
     assert "class-conditional over 2 classes: grasp, push" in log
-    from video_diffusion.checkpoint import load_checkpoint
+    from video_diffusion.training.checkpoint import load_checkpoint
 
     assert load_checkpoint(run_dir / "ckpt_0000001.pt")["config"]["model"]["num_classes"] == 2
     # every non-overlapping 4-frame window of the 3 good 8-frame videos: 6 samples, labels from the files
@@ -232,7 +232,11 @@ def test_class_conditional_training_with_skipped_files_then_every_window(tmp_pat
 
 def test_a_model_trained_on_respaced_steps_samples_on_them_or_on_steps(tmp_path):
     from conftest import micro_config
-    from video_diffusion.sample_util import SampleOptions, sampling_diffusion
+    from video_diffusion.sampling.options import SampleOptions
+    from video_diffusion.sampling.plan import resolve_plan
+
+    def sampling_diffusion(cfg, opts):
+        return resolve_plan(cfg, opts).diffusion
 
     cfg = micro_config(timestep_respacing="10")
     assert sampling_diffusion(cfg, SampleOptions()).num_timesteps == 10

@@ -9,9 +9,10 @@ import torch
 
 from conftest import REPO, micro_config, script_env
 from video_diffusion.build import create_diffusion
-from video_diffusion.masking import frames_mask, prediction_mask
-from video_diffusion.respace import karras_timesteps, logsnr_timesteps
-from video_diffusion.sampling import GRIDS, SAMPLERS, sample
+from video_diffusion.diffusion.masks import frames_mask, prediction_mask
+from video_diffusion.diffusion.respace import karras_timesteps, logsnr_timesteps
+from video_diffusion.sampling.generate import sample
+from video_diffusion.sampling.samplers import GRIDS, SAMPLERS
 
 SHAPE = (2, 3, 6, 8, 8)
 
@@ -132,17 +133,18 @@ def test_logsnr_grid(schedule):
 
 
 def test_the_default_grid_is_the_samplers_own():
-    from video_diffusion.sample_util import SampleOptions, grid_of, sampling_diffusion
+    from video_diffusion.sampling.options import SampleOptions
+    from video_diffusion.sampling.plan import grid_of, resolve_plan
 
     cfg = micro_config(diffusion_steps=1000)
     abar = create_diffusion(cfg).alphas_cumprod
     default = SampleOptions()
     assert (default.sampler, grid_of(default)) == ("dpmpp_2m", "logsnr")
-    assert sampling_diffusion(cfg, default).timestep_map == sorted(logsnr_timesteps(abar, 20))
+    assert resolve_plan(cfg, default).grid.timesteps == tuple(sorted(logsnr_timesteps(abar, 20)))
     ddim = SampleOptions(sampler="ddim")  # DDIM keeps its own strides, 0, 20, ..., 980
-    assert grid_of(ddim) == "uniform" and sampling_diffusion(cfg, ddim).timestep_map == list(range(0, 1000, 20))
+    assert grid_of(ddim) == "uniform" and resolve_plan(cfg, ddim).grid.timesteps == tuple(range(0, 1000, 20))
     chosen = SampleOptions(grid="karras", steps=10)  # an explicit --grid wins
-    assert sampling_diffusion(cfg, chosen).timestep_map == sorted(karras_timesteps(abar, 10))
+    assert resolve_plan(cfg, chosen).grid.timesteps == tuple(sorted(karras_timesteps(abar, 10)))
 
 
 def choices_of(script):

@@ -3,8 +3,8 @@ import torch
 
 from conftest import micro_config
 from video_diffusion.build import create_diffusion, create_model
-from video_diffusion.masking import frames_mask, prediction_mask
-from video_diffusion.sampling import rollout, sample
+from video_diffusion.diffusion.masks import frames_mask, prediction_mask
+from video_diffusion.sampling.generate import rollout, sample
 
 
 def random_model(cfg):
@@ -82,7 +82,7 @@ def test_resample_steps_1_equals_plain_replacement():
     d, m = create_diffusion(cfg), random_model(cfg)
     mask = prediction_mask(3, 4, 1)
     got = sample(d, m, SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN, conditioning="replacement",
-                 resample_steps=1)
+                 resample_steps=1, sampler="ddpm")
     # plain replacement written out: noise the known frames to level t, paste, take a DDPM step
     g = gens(3)
     noise = lambda: torch.stack([torch.randn(SHAPE[1:], generator=gi) for gi in g])  # noqa: E731
@@ -97,7 +97,7 @@ def test_resample_steps_1_equals_plain_replacement():
     expected = torch.where(observed, X_KNOWN, x.clamp(-1, 1))
     torch.testing.assert_close(got, expected)
     more = sample(d, m, SHAPE, gens(3), obs_mask=mask, x_known=X_KNOWN, conditioning="replacement",
-                  resample_steps=3)
+                  resample_steps=3, sampler="ddpm")
     assert not torch.allclose(more, got)
     assert torch.equal(u8(more)[:, :, 0], u8(X_KNOWN)[:, :, 0])
 
@@ -132,9 +132,9 @@ def test_bad_sampler_options():
     with pytest.raises(ValueError, match="--eta applies to --sampler ddim only"):
         sample(d, m, SHAPE, gens(3), sampler="dpmpp_2s", eta=0.5)
     with pytest.raises(ValueError, match="--resample_steps"):
-        sample(d, m, SHAPE, gens(3), resample_steps=2)
+        sample(d, m, SHAPE, gens(3), resample_steps=2, sampler="ddpm")
     with pytest.raises(ValueError, match="generator"):
-        sample(d, m, SHAPE, gens(2))
+        sample(d, m, SHAPE, gens(2), sampler="ddpm")
 
 
 @pytest.mark.parametrize("sampler,respacing", [("ddpm", "50"), ("ddim", "ddim20"), ("dpmpp_2m", "10"),

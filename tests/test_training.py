@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import micro_config
-from video_diffusion.checkpoint import list_checkpoints, load_checkpoint
+from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
 from video_diffusion.config import PRESETS, Config, apply_overrides
 from video_diffusion.data import MovingDigits
-from video_diffusion.dist_util import DistContext
-from video_diffusion.logger import RunLogger
-from video_diffusion.timestep_sampler import LossSecondMomentResampler
-from video_diffusion.train_util import TrainingDiverged, TrainLoop, build_train_loop, find_resume, lr_at
+from video_diffusion.distributed import DistContext
+from video_diffusion.training.logger import RunLogger
+from video_diffusion.diffusion.timestep_sampler import LossSecondMomentResampler
+from video_diffusion.training.loop import TrainingDiverged, TrainLoop, build_train_loop, find_resume, lr_at
 from video_diffusion.build import create_diffusion, create_model
 
 CPU = DistContext(0, 1, 0, 1, torch.device("cpu"), "single")
@@ -59,7 +59,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_resume_from_a_checkpoint_written_by_an_unfused_optimizer(tmp_path):
-    from video_diffusion.checkpoint import save_checkpoint
+    from video_diffusion.training.checkpoint import save_checkpoint
 
     loop_for(micro_config(tmp_path, max_steps=2, save_interval=2)).run()
     state = load_checkpoint(tmp_path / "run" / "ckpt_0000002.pt")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from video_diffusion.unet import AttentionBlock, UNet3D
+from video_diffusion.models.blocks import AttentionBlock
+from video_diffusion.models.unet import UNet3D
 
 
 def make(image_size=16, seq_len=None, **kw):

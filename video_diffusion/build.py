@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from .config import Config, channel_mult_of, parse_int_list
-from .gaussian_diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, get_named_beta_schedule
-from .respace import SpacedDiffusion, space_timesteps
-from .unet import UNet3D
+from .config import Config, channel_mult_of
+from .flags import parse_int_list
+from .diffusion.gaussian_diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, get_named_beta_schedule
+from .diffusion.respace import SpacedDiffusion, space_timesteps
+from .models.unet import UNet3D
 
 
 def num_image_channels(cfg: Config) -> int:
@@ -41,9 +42,10 @@ def create_model(cfg: Config) -> UNet3D:
     )
 
 
-def create_diffusion(cfg: Config, timestep_respacing: str = None) -> GaussianDiffusion:
+def create_diffusion(cfg: Config, timestep_respacing: str = None, timesteps=None) -> GaussianDiffusion:
     """
-    :param timestep_respacing: overrides the configuration's (e.g. "ddim50" at sampling time).
+    :param timestep_respacing: overrides the configuration's (e.g. "ddim50").
+    :param timesteps: the base timesteps to keep, explicitly (a sampling plan's grid); wins over both.
     """
     d = cfg.diffusion
     respacing = d.timestep_respacing if timestep_respacing is None else timestep_respacing
@@ -60,6 +62,8 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None) -> GaussianDif
                   loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
                   min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
                   prior_mean=cfg.model.output_head == "warp")
+    if timesteps is not None:
+        return SpacedDiffusion(timesteps, **kwargs)
     if not respacing:
         return GaussianDiffusion(**kwargs)
     abar = np.cumprod(1.0 - kwargs["betas"])

@@ -10,10 +10,11 @@ rebuild the model from it instead of asking for the flags again.
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
-from .masking import check_mask_config, parse_mask_range
+from .diffusion.masks import check_mask_config, parse_mask_range
+from .files import check_output_folder
+from .flags import add_dataclass_flags, parse_float_list, parse_int_list
 
 
 def _f(default, help, **kw):
@@ -187,20 +188,6 @@ def apply_overrides(cfg: Config, overrides: Dict[str, Any]) -> Config:
     return Config(**{g: _GROUP_TYPES[g](**v) for g, v in groups.items()}, preset=cfg.preset)
 
 
-def parse_int_list(spec: str, flag: str) -> List[int]:
-    try:
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated integers, got {spec!r}")
-
-
-def parse_float_list(spec: str, flag: str) -> List[float]:
-    try:
-        return [float(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{flag} must be comma-separated numbers, got {spec!r}")
-
-
 def default_channel_mult(image_size: int) -> Sequence[int]:
     table = {256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
     if image_size not in table:
@@ -260,14 +247,14 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("--output_head warp predicts frames only; it cannot be combined with --learn_sigma")
     if d.min_snr_gamma < 0:
         raise ValueError(f"--min_snr_gamma must be >= 0 (0 = off), got {d.min_snr_gamma}")
-    from .gaussian_diffusion import get_named_beta_schedule
+    from .diffusion.gaussian_diffusion import get_named_beta_schedule
     if get_named_beta_schedule(d.noise_schedule, d.diffusion_steps).max() >= 1:
         raise ValueError(f"--diffusion_steps {d.diffusion_steps} is too few for the {d.noise_schedule} schedule "
                          "(beta reaches 1); use more steps or --noise_schedule cosine")
     if d.timestep_respacing:
         import numpy as np
 
-        from .respace import space_timesteps
+        from .diffusion.respace import space_timesteps
         space_timesteps(d.diffusion_steps, d.timestep_respacing,
                         np.cumprod(1.0 - get_named_beta_schedule(d.noise_schedule, d.diffusion_steps)))
     check_mask_config(m.seq_len, mk.max_num_mask_frames, parse_mask_range(mk.mask_range, m.seq_len),
@@ -294,25 +281,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if t.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {t.seed}")
     if t.log_dir:
-        for p in (Path(t.log_dir), *Path(t.log_dir).parents):
-            if p.exists():
-                if not p.is_dir():
-                    raise ValueError(f"--log_dir {t.log_dir!r}: {str(p)!r} is a file, not a folder")
-                break
+        check_output_folder(t.log_dir, "--log_dir")
 
 
 # ---------------------------------------------------------------------- command line
-def str2bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).lower()
-    if s in ("1", "true", "yes", "y", "t"):
-        return True
-    if s in ("0", "false", "no", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
-
-
 def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tuple(_GROUP_TYPES),
                      with_preset: bool = True, exclude: Sequence[str] = ()) -> None:
     """Add one flag per configuration field (but ``exclude``). Defaults are suppressed so that only
@@ -323,21 +295,10 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: Sequence[str] = tu
         parser.add_argument("--preset", default=argparse.SUPPRESS, choices=sorted(PRESETS),
                             help=f"named configuration; explicit flags override it ({listing})".replace("%", "%%"))
     for group in groups:
-        arg_group = parser.add_argument_group(group)
-        for f in dataclasses.fields(_GROUP_TYPES[group]):
-            if f.name in exclude:
-                continue
-            in_presets = "".join(f"; {name}: {values[f.name]!r}" for name, values in PRESETS.items()
-                                 if f.name in values) if with_preset else ""
-            kw: Dict[str, Any] = dict(default=argparse.SUPPRESS,
-                                     help=f"{f.metadata['help']} (default: {f.default!r}{in_presets})".replace("%", "%%"))
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-            if f.type is bool or f.type == "bool":
-                kw.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
-            else:
-                kw["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            arg_group.add_argument(f"--{f.name}", **kw)
+        add_dataclass_flags(parser.add_argument_group(group), _GROUP_TYPES[group], exclude,
+                            default=lambda f: argparse.SUPPRESS,
+                            help_note=lambda f: "".join(f"; {name}: {values[f.name]!r}" for name, values in PRESETS.items()
+                                                        if f.name in values) if with_preset else "")
 
 
 def describe_config(cfg: Config, given: Dict[str, Any], resumed_from: Optional[str] = None) -> str:

@@ -10,9 +10,10 @@ import os
 
 import torch
 
-from ..preemption import ignore_stop_signals, kill_workers_at_exit
+from ..training.preemption import ignore_stop_signals, kill_workers_at_exit
 from .folder import VideoFolder
-from .sampler import TrainBatchSampler, eval_shard, seed_of
+from ..seeds import seed_of
+from .sampler import TrainBatchSampler, eval_shard
 from .synthetic import MovingDigits
 from .video_io import BadVideo
 

@@ -10,13 +10,9 @@ number of ranks, and resuming at step s only needs s.
 
 from typing import Iterator, List, Tuple
 
-import numpy as np
 import torch
 
-
-def seed_of(*keys: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of integers (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+from ..seeds import seed_of
 
 
 class TrainBatchSampler(torch.utils.data.Sampler):

@@ -23,11 +23,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .. import dist_util
+from .. import distributed
 from ..build import create_diffusion
-from ..data import create_dataset, seed_of
-from ..sample_util import SampleOptions, load_for_sampling, task_mask, test_dataset, to_uint8
-from ..sampling import make_denoiser
+from ..data import create_dataset
+from ..seeds import seed_of
+from ..sampling.loading import load_for_sampling
+from ..sampling.options import SampleOptions
+from ..sampling.outputs import to_uint8
+from ..sampling.plan import resolve_plan, task_mask, test_dataset
+from ..sampling.denoiser import make_denoiser
 from .fvd import fvd_from_features, i3d_features
 from .quality import copy_last_given, evaluate, frame_scores
 
@@ -71,27 +75,27 @@ def x0_from_noise(cfg, model, num_videos: int, num_given: int = 2, seed: int = 0
             "copy_last_given": per_frame(gt[:, :, num_given - 1:num_given].expand_as(gt))}
 
 
-def measure_checkpoint(path, ctx: dist_util.DistContext, num_videos: int = 32, seed: int = 0,
+def measure_checkpoint(path, ctx: distributed.DistContext, num_videos: int = 32, seed: int = 0,
                        i3d=None, fvd_videos: int = 32, fvd_frames: int = 16,
                        real_features_cache: Optional[Dict] = None) -> Optional[Dict]:
     """
     One point of the curve. Every rank calls this; rank 0 gets a dict: step, videos seen
     and, per task key, psnr / ssim (and fvd for "generation"), plus the x_0 diagnostic.
     """
-    from ..checkpoint import load_checkpoint
+    from ..training.checkpoint import load_checkpoint
     state = load_checkpoint(path)
     step, world_size = int(state["step"]), int(state.get("world_size", 1))
     del state
     cfg, model, _ = load_for_sampling(path, device=ctx.device)
     point = {"step": step, "videos_seen": step * cfg.train.batch_size * world_size, "checkpoint": str(path)}
     for task in curve_tasks(cfg.model.seq_len):
-        result = evaluate(cfg, model, _options(task, num_videos, seed), ctx, grid_videos=0)
+        result = evaluate(cfg, model, resolve_plan(cfg, _options(task, num_videos, seed)), ctx, grid_videos=0)
         if ctx.is_main:
             m = result["metrics"]
             point[task["key"]] = {"psnr": m["psnr_mean"], "ssim": m["ssim_mean"]}
     if i3d is not None and fvd_videos:
         opts = SampleOptions(task="generation", num_frames=fvd_frames, num_samples=fvd_videos, seed=seed)
-        result = evaluate(cfg, model, opts, ctx, i3d=i3d, grid_videos=0, real_features_cache=real_features_cache)
+        result = evaluate(cfg, model, resolve_plan(cfg, opts), ctx, i3d=i3d, grid_videos=0, real_features_cache=real_features_cache)
         if ctx.is_main:
             point["generation"] = {"fvd": result["metrics"]["fvd"]}
     if ctx.is_main:
@@ -122,7 +126,7 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
                  "copy_last_given": dict(zip(("psnr", "ssim"), np.mean(copy, axis=0).tolist())),
                  "black": dict(zip(("psnr", "ssim"), np.mean(black, axis=0).tolist()))}
         if embedded:
-            from .ceiling import perfect_model_scores
+            from ..studies.ceiling import perfect_model_scores
             p = perfect_model_scores(data, mask, num_videos, perfect_samples)
             entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
         out[task["key"]] = entry

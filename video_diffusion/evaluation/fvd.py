@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from ..atomic import write_npz
+from ..files import write_npz
 
 FEATURE_SIZE = 224
 

@@ -8,6 +8,10 @@ averaged over pixels and channels (scikit-image's gaussian_weights=True conventi
 import torch
 import torch.nn.functional as F
 
+# Identical frames have infinite PSNR; means over frames count them as this many dB so that
+# they stay finite (a frame predicted exactly, e.g. by the perfect model, scores 100).
+PSNR_CAP = 100.0
+
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
     """uint8 or float [..., H, W, C] -> float64 [M, C, H, W]."""

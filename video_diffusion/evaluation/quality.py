@@ -26,13 +26,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .. import dist_util
-from ..atomic import write_npz
+from .. import distributed
+from ..files import write_npz
 from ..data import eval_shard
-from ..sample_util import SampleOptions, generate, test_dataset, to_uint8
+from ..sampling.generate import generate
+from ..sampling.outputs import to_uint8
+from ..sampling.plan import SamplingPlan, test_dataset
 from ..visualize import auto_scale, grid, strip
 from .fvd import fvd_from_features, i3d_features
-from .metrics import best_and_mean, psnr, ssim
+from .metrics import PSNR_CAP, best_and_mean, psnr, ssim
 
 MIN_FVD_FRAMES = 10
 
@@ -57,8 +59,7 @@ def frame_scores(pred: np.ndarray, gt: np.ndarray, obs_mask: np.ndarray):
     """(PSNR, SSIM) of one video, each averaged over its generated frames (obs_mask 0)."""
     gen = np.flatnonzero(np.asarray(obs_mask) == 0)
     p, g = torch.from_numpy(pred[gen]), torch.from_numpy(gt[gen])
-    # identical frames have infinite PSNR; 100 dB caps them so that a mean stays finite
-    return float(psnr(p, g).clamp(max=100).mean()), float(ssim(p, g).mean())
+    return float(psnr(p, g).clamp(max=PSNR_CAP).mean()), float(ssim(p, g).mean())
 
 
 def _rgb(videos: np.ndarray) -> np.ndarray:
@@ -69,11 +70,11 @@ def _stack(arrays: List[np.ndarray], shape_tail) -> np.ndarray:
     return np.stack(arrays) if arrays else np.zeros((0, *shape_tail))
 
 
-def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=None, grid_videos: int = 8,
+def evaluate(cfg, model, plan: SamplingPlan, ctx: distributed.DistContext, i3d=None, grid_videos: int = 8,
              shard_dir: Optional[Path] = None, progress: bool = False,
              real_features_cache: Optional[Dict] = None) -> Optional[Dict]:
     """
-    Sample ``opts`` and score the samples. Every rank calls this; rank 0 gets the results.
+    Sample ``plan`` and score the samples. Every rank calls this; rank 0 gets the results.
 
     :param i3d: the I3D network for FVD, or None to leave FVD out.
     :param grid_videos: how many test videos rank 0 receives for the picture.
@@ -84,8 +85,9 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
     :return: on rank 0 a dict with "metrics" (JSON-ready), "grid" (a PIL image) and "shown"
         (item -> (sample, ground truth or None, obs_mask) of the videos in the grid); None elsewhere.
     """
+    opts, num_videos, skipped = plan.options, plan.num_videos, plan.skipped
     start = time.perf_counter()
-    mine, num_videos, skipped = generate(cfg, model, opts, ctx, progress=progress)
+    mine = generate(model, plan, ctx, progress=progress)
     seconds = time.perf_counter() - start
     per_video = opts.samples_per_video
     keys = sorted(mine)
@@ -100,7 +102,7 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
                 baselines.append((i // per_video, *frame_scores(copy_last_given(gt_u8, mask), gt_u8, mask),
                                   *frame_scores(np.zeros_like(gt_u8), gt_u8, mask)))
     samples = _stack([mine[i][0] for i in keys], ())
-    run_id = dist_util.all_gather_object(ctx, uuid.uuid4().hex)[0]  # rank 0's: names this run in every shard
+    run_id = distributed.all_gather_object(ctx, uuid.uuid4().hex)[0]  # rank 0's: names this run in every shard
     if shard_dir is not None:
         write_npz(Path(shard_dir) / shard_name(ctx.rank, ctx.world_size), arr_0=samples,
                   video_index=np.array([i // per_video for i in keys], dtype=np.int64),
@@ -123,7 +125,7 @@ def evaluate(cfg, model, opts: SampleOptions, ctx: dist_util.DistContext, i3d=No
         features = i3d_features(i3d, _rgb(samples), device=ctx.device) if len(samples) else np.zeros((0, 400))
         real_features = (cache[key], real_ids)
     shown = {i: mine[i] for i in keys if i // per_video < grid_videos and i % per_video < 2}
-    parts = dist_util.all_gather_object(ctx, dict(rows=rows, baselines=baselines, keys=keys, seconds=seconds,
+    parts = distributed.all_gather_object(ctx, dict(rows=rows, baselines=baselines, keys=keys, seconds=seconds,
                                                   features=features, real=real_features, shown=shown))
     if not ctx.is_main:
         return None

@@ -1,7 +1,8 @@
 """
-Writing result files atomically: the content goes to a hidden temporary name in the same
-folder and is renamed into place only once complete, so a killed or failed run never
-leaves a truncated file under the final name (and a reader never sees half of one).
+Files on disk. Result files are written atomically: the content goes to a hidden temporary
+name in the same folder and is renamed into place only once complete, so a killed or
+failed run never leaves a truncated file under the final name (and a reader never sees
+half of one). Output folders are checked before any work is done.
 """
 
 import json
@@ -41,3 +42,12 @@ def write_image(path, image) -> Path:
     """A PIL image, in the format of ``path``'s suffix."""
     fmt = Path(path).suffix.lstrip(".").upper().replace("JPG", "JPEG")
     return write_atomically(path, lambda f: image.save(f, format=fmt))
+
+
+def check_output_folder(path, flag: str) -> None:
+    """An output folder may exist or be created, but not be a file (or lie below one)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{flag} {str(path)!r}: {str(p)!r} is a file, not a folder")
+            return

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import Digit, MovingDigits, draw_motion
-from .metrics import best_and_mean
+from ..evaluation.metrics import best_and_mean
 
 
 def posterior_motions(ds: MovingDigits, digit: Digit, given: Sequence[int], num: int, rng: np.random.Generator,
@@ -71,7 +71,7 @@ def perfect_model_scores(ds: MovingDigits, obs_mask: np.ndarray, num_videos: int
 
     :param obs_mask: [T], 1 on the given frames.
     """
-    from .quality import frame_scores  # quality imports the sampling stack; this module stays light
+    from ..evaluation.quality import frame_scores  # quality imports the sampling stack; this module stays light
 
     given = np.flatnonzero(obs_mask)
     ps, ss = [], []

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .data.sampler import seed_of
+from ..seeds import seed_of
 
 
 def parse_mask_range(spec: Optional[str], seq_len: int) -> Tuple[int, int]:

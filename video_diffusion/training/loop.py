@@ -24,22 +24,24 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util
-from .build import create_diffusion, create_model
+from .. import distributed
+from ..build import create_diffusion, create_model
 from .checkpoint import (ResumePoint, abandoned_checkpoints, find_resume_point, remove_stale_temporaries,
                          save_checkpoint, set_aside)
-from .config import Config, apply_overrides, config_from_args, parse_float_list, validate
-from .data import create_dataset, resolve_num_workers, seed_of, train_loader
-from .dist_util import DistContext
+from ..config import Config, apply_overrides, config_from_args, validate
+from ..flags import parse_float_list
+from ..data import create_dataset, resolve_num_workers, train_loader
+from ..seeds import seed_of
+from ..distributed import DistContext
 from .ema import EMA
-from .gaussian_diffusion import GaussianDiffusion
+from ..diffusion.gaussian_diffusion import GaussianDiffusion
 from .logger import RunLogger
-from .masking import parse_mask_range, training_randomness
-from .nn import to_channels_last
+from ..diffusion.masks import parse_mask_range, training_randomness
+from ..models.nn import to_channels_last
 from .preemption import Preempted, StopRequests
 from .previews import Previews
-from .timestep_sampler import LossSecondMomentResampler, create_timestep_sampler
-from .train_stats import StepStats, WindowStats
+from ..diffusion.timestep_sampler import LossSecondMomentResampler, create_timestep_sampler
+from .stats import StepStats, WindowStats
 
 MAX_BAD_STEPS = 10
 
@@ -185,7 +187,7 @@ class TrainLoop:
     def save(self) -> None:
         """Write a checkpoint. Every rank calls this (the RNG states are gathered); rank 0 writes, and
         every rank learns whether it worked (a failed write stops all of them with the same error)."""
-        rng_states = dist_util.all_gather_object(self.ctx, _rng_state(self.ctx.device))
+        rng_states = distributed.all_gather_object(self.ctx, _rng_state(self.ctx.device))
         error = ""
         if self.ctx.is_main:
             try:
@@ -194,7 +196,7 @@ class TrainLoop:
                 self.logger.info(f"saved {path}")
             except OSError as e:
                 error = str(e)
-        error = dist_util.all_gather_object(self.ctx, error)[0]
+        error = distributed.all_gather_object(self.ctx, error)[0]
         if error:
             raise OSError(error)
 
@@ -211,7 +213,7 @@ class TrainLoop:
             if dest is not None:
                 self.logger.info(f"moved {len(moved)} checkpoint(s) not on the resumed branch "
                                  f"({', '.join(p.name for p in moved)}) to {dest}")
-        dist_util.barrier(self.ctx)
+        distributed.barrier(self.ctx)
 
     def _resume(self, resume: ResumePoint) -> None:
         path, state = resume.path, resume.state
@@ -272,7 +274,7 @@ class TrainLoop:
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         stats.vote_stop(self.stop.requested)
-        dist_util.all_reduce_sum(self.ctx, stats.vector)
+        distributed.all_reduce_sum(self.ctx, stats.vector)
         # Gradients are identical on all ranks after DDP's all-reduce and the stats are summed,
         # so every rank reaches the same verdict; it stays on the device (no host sync).
         applied = torch.isfinite(grad_norm) & stats.finite()
@@ -305,8 +307,8 @@ class TrainLoop:
     def _update_timestep_sampler(self, t, losses) -> None:
         if isinstance(self.schedule_sampler, LossSecondMomentResampler):
             # every rank records the whole global batch, in global order, so histories agree
-            self.schedule_sampler.update(dist_util.all_gather_cat(self.ctx, t),
-                                         dist_util.all_gather_cat(self.ctx, losses))
+            self.schedule_sampler.update(distributed.all_gather_cat(self.ctx, t),
+                                         distributed.all_gather_cat(self.ctx, losses))
 
     def _optimizer_step(self, applied: torch.Tensor) -> None:
         lr = lr_at(self.step, self.cfg.train.lr, self.cfg.train.lr_warmup_steps, self.cfg.train.lr_anneal_steps)
@@ -380,9 +382,9 @@ class TrainLoop:
             scores = {k: out[k] for k in ("preview_psnr", "preview_ssim")}
             self.logger.image("preview", out["image"], self.step)
             self.logger.info(f"preview at step {self.step}: prediction PSNR {scores['preview_psnr']:.2f} dB, "
-                             f"SSIM {scores['preview_ssim']:.3f} on {len(self.previews.videos)} "
+                             f"SSIM {scores['preview_ssim']:.3f} on {self.previews.prediction.num_videos} "
                              f"{self.previews.source} -> {out['png']}")
-        dist_util.barrier(self.ctx)
+        distributed.barrier(self.ctx)
         self._previewed_step = self.step
         self._log_time += time.perf_counter() - start
         return scores

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .sample_util import SampleOptions
-from .visualize import auto_scale, strip
+from ..sampling.options import SampleOptions
+from ..visualize import auto_scale, strip
 
 # Every model of the study: the base preset with these settings. The nearest-given-frame
 # input and the warp head (which needs it) are off in the base so that "b" is the plain

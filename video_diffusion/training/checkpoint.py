@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .atomic import write_atomically
+from ..files import write_atomically
 
 FORMAT = "video-diffusion-checkpoint"
 VERSION = 1

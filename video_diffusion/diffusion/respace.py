@@ -97,16 +97,31 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
                 want = int(spec[len("ddim"):])
             except ValueError:
                 raise ValueError(f"--timestep_respacing {spec!r}: 'ddimN' needs a step count N, e.g. ddim50") from None
-            for stride in range(1, num_timesteps + 1):
-                kept = set(range(0, num_timesteps, stride))
-                if len(kept) == want:
-                    return kept
-            raise ValueError(f"--timestep_respacing {spec}: no integer stride gives {want} of {num_timesteps} steps")
+            try:
+                return strided_timesteps(num_timesteps, want)
+            except ValueError as e:
+                raise ValueError(f"--timestep_respacing {spec}: {e}") from None
         try:
             section_counts = [int(x) for x in spec.split(",")]
         except ValueError:
             raise ValueError(f"--timestep_respacing must be 'ddimN' or comma-separated step counts, got {spec!r}")
-    counts: List[int] = list(section_counts)
+    return section_timesteps(num_timesteps, list(section_counts))
+
+
+def strided_timesteps(num_timesteps: int, count: int) -> Set[int]:
+    """``count`` timesteps 0, s, 2s, ... at the integer stride s that gives exactly that many (DDIM's)."""
+    for stride in range(1, num_timesteps + 1):
+        kept = set(range(0, num_timesteps, stride))
+        if len(kept) == count:
+            return kept
+    raise ValueError(f"no integer stride gives {count} of {num_timesteps} steps")
+
+
+def section_timesteps(num_timesteps: int, counts: List[int]) -> Set[int]:
+    """
+    Split the process into ``len(counts)`` equal sections and keep counts[k] evenly spaced
+    timesteps of section k (first and last included); one count N keeps N evenly spaced steps.
+    """
     size_per, extra = divmod(num_timesteps, len(counts))
     start, kept = 0, set()
     for i, count in enumerate(counts):

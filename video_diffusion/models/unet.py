@@ -1,0 +1,180 @@
+"""
+The improved-diffusion UNet made 3D: frames are a third axis of every convolution,
+downsampling halves height and width only, and attention is factorized into a spatial
+and a temporal pass (or, optionally, one full space-time pass as RaMViD does).
+
+The network owns nothing but the prediction. It is told which frames are observed
+through ``obs_mask`` only when ``mask_input`` is on; with it off it ignores the mask,
+which reproduces RaMViD's (unaware) network for comparison.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
+                     conv3d, patchify, unpatchify)
+from .nn import NORMS, normalization, timestep_embedding, zero_module
+from .warp import WarpHead, nearest_given_frames
+
+OUTPUT_HEADS = ("direct", "warp")
+
+
+class UNet3D(nn.Module):
+    """
+    :param image_size: height and width of the frames (must be divisible by the total downsampling).
+    :param in_channels: channels of a frame (1 or 3).
+    :param model_channels: base width of the network.
+    :param out_channels: channels of the prediction (2x in_channels when sigma is learned).
+    :param num_res_blocks: residual blocks per resolution level.
+    :param attention_resolutions: frame sizes (in pixels) at which attention is used.
+    :param channel_mult: width multiplier per level; len(channel_mult) - 1 downsamplings.
+    :param attention_type: "factorized" (space then time) or "full" (space-time, as RaMViD).
+    :param mask_input: if True, the network gets ``obs_mask`` as an extra input channel.
+    :param conv_type: "3d" (3x3x3 convolutions in the residual blocks) or "2+1d" (factorised).
+    :param given_frame_input: if True, every frame also gets the nearest given frame as
+        input channels, and its signed distance in time to it as one more, so the content
+        to carry forward (a digit's shape and colour, a robot's arm) is at hand locally
+        instead of frames away, with how far it has to travel; needs ``mask_input``.
+    :param patch_size: p > 1 folds each p x p patch of a frame into channels before the
+        first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
+        the network runs at 1/p of the resolution, about p^2 times cheaper per video.
+    :param num_classes: if set, the network is class-conditional through ``y``.
+    :param norm: "group" (GroupNorm over the video, improved-diffusion's) or "channel"
+        (across channels at each position, which keeps a given digit's colour; ``nn.ChannelNorm``).
+    :param output_head: "direct" (the output is the prediction) or "warp" (the output is
+        [F, W], W the given frames continued at a chosen constant velocity, ``WarpHead``, for
+        a diffusion process with ``prior_mean``); "warp" needs ``given_frame_input``.
+    :param warp_radius: the warp head's largest velocity, pixels per frame in each direction.
+    :param warp_input: with the warp head, every frame also gets W_0 (the warp before anything
+        is learned, ``WarpHead.match``) as input channels. x_0 = W + F asks F for x_t - W at low
+        noise and for the warp's failures at high noise; without W at hand the network has to
+        rebuild the warp inside itself to say either.
+    """
+
+    def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
+                 num_res_blocks: int, attention_resolutions: Sequence[int], channel_mult: Sequence[int],
+                 dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
+                 num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
+                 mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
+                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
+                 output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if output_head not in OUTPUT_HEADS:
+            raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
+        if output_head == "warp" and not given_frame_input:
+            raise ValueError("output_head 'warp' needs given_frame_input: it warps the nearest given frame")
+        if output_head == "warp" and out_channels != in_channels:
+            raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
+        self.head = WarpHead(warp_radius) if output_head == "warp" else None
+        if warp_input and output_head != "warp":
+            raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
+        self.warp_input = warp_input
+        if given_frame_input and not mask_input:
+            raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
+        self.given_frame_input = given_frame_input
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+        self.patch_size = patch_size
+        if conv_type not in CONV_TYPES:
+            raise ValueError(f"conv_type must be one of {CONV_TYPES}, got {conv_type!r}")
+        if attention_type not in ATTENTION_TYPES:
+            raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
+        self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
+        if image_size % self.downsampling:
+            raise ValueError(f"--image_size {image_size} is not divisible by the total downsampling "
+                             f"{self.downsampling} of channel_mult {tuple(channel_mult)} and patch_size {patch_size}")
+        self.in_channels = in_channels
+        self.mask_input = mask_input
+        self.num_classes = num_classes
+        self.model_channels = model_channels
+        emb_dim = model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes, emb_dim) if num_classes else None
+
+        def res(ch_in, ch_out):
+            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint, conv_type, norm)
+
+        def attn(ch):
+            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint, norm)
+
+        attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
+        ch = model_channels
+        self.input_blocks = nn.ModuleList([TimestepSequential(
+            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input) + int(warp_input)) + int(mask_input)
+                   + int(given_frame_input), ch))])
+        skip_channels = [ch]
+        ds = patch_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepSequential(Downsample(ch)))
+                skip_channels.append(ch)
+                ds *= 2
+        self.middle_block = TimestepSequential(res(ch, ch), attn(ch), res(ch, ch))
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(TimestepSequential(*layers))
+        raw_channels = self.head.num_outputs(in_channels) if self.head else out_channels
+        self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, raw_channels * patch_size ** 2)))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        :param x: [N, C, T, H, W] noisy videos (observed frames already clean).
+        :param timesteps: [N] diffusion timesteps.
+        :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
+        :param y: [N] class labels, when class-conditional.
+        :return: [N, out_channels, T, H, W] ([N, 2 in_channels, ...] with the warp head).
+        """
+        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
+            raise ValueError(f"frame size {tuple(x.shape[-2:])} is not divisible by the total downsampling "
+                             f"{self.downsampling}")
+        if (y is not None) != (self.label_emb is not None):
+            raise ValueError("pass y if and only if the model is class-conditional (num_classes set)")
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(y)
+        if self.mask_input and obs_mask is None:
+            raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
+        offset = None
+        match = self.head.match(x, obs_mask) if self.head is not None else None
+        if self.given_frame_input:
+            given, offset = nearest_given_frames(x, obs_mask)
+            x = torch.cat([x, given] + ([match.unlearned] if self.warp_input else []), dim=1)
+        x = patchify(x, self.patch_size)
+        if self.mask_input:
+            n, _, t, h, w = x.shape
+            per_frame = [obs_mask.to(x.dtype)] + ([offset] if offset is not None else [])
+            x = torch.cat([x] + [v[:, None, :, None, None].expand(n, 1, t, h, w) for v in per_frame], dim=1)
+        if self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
+            x = x.contiguous(memory_format=torch.channels_last_3d)  # match the weights' layout
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        out = unpatchify(self.out(h), self.patch_size)
+        if self.head is not None:
+            out = self.head(out, match)
+        return out
