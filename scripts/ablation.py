@@ -40,7 +40,7 @@ from video_diffusion import distributed
 from video_diffusion.flags import parse_float_list, parse_int_list
 from video_diffusion.files import write_atomically, write_image, write_json, write_npz
 from video_diffusion.training.checkpoint import checkpoint_name, load_checkpoint
-from video_diffusion.config import PRESETS, Config, add_config_flags, config_from_args
+from video_diffusion.config import PRESETS, Config, add_config_flags, config_differences, config_from_args
 from video_diffusion.studies.ceiling import perfect_model_scores
 from video_diffusion.evaluation.quality import evaluate
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
@@ -137,7 +137,7 @@ def check_trained(path: Path, argv) -> None:
     add_config_flags(parser)
     expected = config_from_args(parser.parse_args(argv)).to_dict()
     stored = load_checkpoint(path)["config"]
-    diff = study.config_differences(stored, expected)
+    diff = config_differences(stored, expected)
     if diff:
         raise SystemExit(f"{path} was trained with other settings than this study asks for "
                          f"({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
@@ -270,10 +270,10 @@ def pictures(rows, tasks, out: Path):
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--quick" in argv:  # the smoke values become defaults: flags given explicitly still win
+        parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(args, k, v)
     try:
         resample = parse_int_list(args.resample, "--resample")
         guidance = parse_float_list(args.guidance, "--guidance")

@@ -6,7 +6,7 @@ Sampler quality against network evaluations, on one checkpoint and one task.
 For every sampler, grid and budget of network evaluations per video it samples the same
 test videos with the same seeds (through the generation code of video_sample.py) and
 reports, over the generated frames:
-- PSNR / SSIM against the ground truth, mean over videos, as mean +- std over --seeds;
+- PSNR / SSIM against the ground truth, mean over videos, as mean +- std over --seeds (sample std, ddof 1);
 - PSNR against the converged sample of the same noise (--reference_sampler with
   --reference_evaluations): how well the solver solved its equation, whatever the model's
   quality (ancestral DDPM solves another equation: its figure there is only a spread).
@@ -29,6 +29,7 @@ import numpy as np
 
 from video_diffusion import distributed
 from video_diffusion.files import write_atomically, write_json
+from video_diffusion.evaluation.metrics import mean_and_std
 from video_diffusion.evaluation.quality import MIN_FVD_FRAMES, evaluate, frame_scores
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.flags import parse_list
@@ -192,12 +193,12 @@ def main(argv=None):
         spec = SAMPLERS[sampler]  # the evaluations actually spent (a two-evaluation step rounds the budget down)
         nfe = spec.evaluations(spec.steps_for(evaluations) if evaluations else cfg.diffusion.diffusion_steps)
         row = {"sampler": sampler, "grid": grid, "requested_evaluations": evaluations, "evaluations": nfe,
-               "psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)),
-               "ssim_std": float(np.std(ssim)), "psnr_to_converged": float(np.mean(to_ref)),
+               **dict(zip(("psnr", "psnr_std"), mean_and_std(psnr))), **dict(zip(("ssim", "ssim_std"), mean_and_std(ssim))),
+               "psnr_to_converged": float(np.mean(to_ref)),
                "s_per_video": float(np.median(secs)),
                "per_seed": {"psnr": psnr, "ssim": ssim, "psnr_to_converged": to_ref}}
         if fvd:
-            row.update(fvd=float(np.mean(fvd)), fvd_std=float(np.std(fvd)))
+            row.update(zip(("fvd", "fvd_std"), mean_and_std(fvd)))
             row["per_seed"]["fvd"] = fvd
         rows.append(row)
         print(f"{sampler:9s} {grid:8s} {nfe:5d} evals | PSNR {row['psnr']:6.2f} +- {row['psnr_std']:.2f} | "

@@ -20,7 +20,8 @@ from video_diffusion import distributed
 from video_diffusion.config import add_config_flags, describe_config, given_fields
 from video_diffusion.training.logger import RunLogger
 from video_diffusion.training.preemption import EXIT_PREEMPTED, Preempted
-from video_diffusion.training.loop import DataFailure, TrainingDiverged, build_train_loop, resolve_train_config
+from video_diffusion.training.loop import DataFailure, TrainingDiverged
+from video_diffusion.training.setup import build_train_loop, resolve_train_config
 
 
 def main(argv=None):

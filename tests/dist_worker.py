@@ -8,7 +8,7 @@ import torch
 from video_diffusion import distributed
 from video_diffusion.config import Config
 from video_diffusion.training.logger import RunLogger
-from video_diffusion.training.loop import build_train_loop
+from video_diffusion.training.setup import build_train_loop
 
 
 def main(config_json, out_dir):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from video_diffusion.config import config_differences
 from video_diffusion.studies import ablation as study
 from video_diffusion.training.checkpoint import load_checkpoint
 
@@ -37,13 +38,13 @@ def test_trained_variants_differ_only_in_the_ablated_fields(tmp_path):
     for model, state in stored.items():
         assert state["data"] == stored["b"]["data"], model
         assert state["config"]["train"]["seed"] == 0 and state["config"]["train"]["max_steps"] == 2
-    diff = {m: study.config_differences(stored["b"]["config"], s["config"]) for m, s in stored.items()}
+    diff = {m: config_differences(stored["b"]["config"], s["config"]) for m, s in stored.items()}
     assert diff["b"] == {}
     assert diff["a"] == {"mask_input": (True, False)}
     assert diff["c"] == {"uncondition_rate": (0.25, 1.0)}
     assert diff["f"] == {"given_frame_input": (False, True)}
     # the run directory is where they differ, and nothing else is ignored
-    assert study.config_differences(stored["b"]["config"], stored["a"]["config"], ignore=()).keys() == \
+    assert config_differences(stored["b"]["config"], stored["a"]["config"], ignore=()).keys() == \
         {"mask_input", "log_dir"}
 
     # a reused model is checked against the flags: model b's weights are refused as model a

@@ -14,7 +14,7 @@ from test_training import flat_params, loop_for
 from video_diffusion.training import checkpoint as ckpt_mod
 from video_diffusion.training.checkpoint import (CheckpointWriteError, find_resume_point, list_checkpoints, load_checkpoint,
                                         save_checkpoint)
-from video_diffusion.training.loop import find_resume
+from video_diffusion.training.setup import find_resume
 
 
 class Evil:
@@ -164,7 +164,7 @@ def test_progress_rows_after_the_resumed_step_are_dropped(tmp_path):
     assert resume.step == 4
     logger = RunLogger(run, echo=False, resume_step=resume.step)
     from test_training import CPU
-    from video_diffusion.training.loop import build_train_loop
+    from video_diffusion.training.setup import build_train_loop
 
     build_train_loop(cfg, CPU, logger, resume).run()
     logger.close()
@@ -225,7 +225,8 @@ class DiesInWorker(torch.utils.data.Dataset):
 def test_a_dead_dataloader_worker_is_a_one_line_error(tmp_path):
     from test_training import CPU
     from video_diffusion.training.logger import RunLogger
-    from video_diffusion.training.loop import DataFailure, build_train_loop
+    from video_diffusion.training.loop import DataFailure
+    from video_diffusion.training.setup import build_train_loop
 
     cfg = micro_config(tmp_path, num_workers=1, max_steps=50)
     loop = build_train_loop(cfg, CPU, RunLogger(cfg.train.log_dir, echo=False), dataset=DiesInWorker(cfg))

@@ -24,7 +24,7 @@ from video_diffusion.sampling.generate import generate
 from video_diffusion.sampling.options import SampleOptions
 from video_diffusion.sampling.plan import resolve_plan
 from video_diffusion.sampling.samplers import SAMPLERS
-from video_diffusion.training.loop import build_train_loop
+from video_diffusion.training.setup import build_train_loop
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")]

@@ -26,7 +26,7 @@ from video_diffusion.sampling.options import SampleOptions
 from video_diffusion.sampling.outputs import to_uint8
 from video_diffusion.sampling.plan import resolve_plan
 from video_diffusion.sampling.generate import sample
-from video_diffusion.training.loop import build_train_loop
+from video_diffusion.training.setup import build_train_loop
 
 STEPS = 200
 

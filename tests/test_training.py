@@ -10,7 +10,8 @@ from video_diffusion.data import MovingDigits
 from video_diffusion.distributed import DistContext
 from video_diffusion.training.logger import RunLogger
 from video_diffusion.diffusion.timestep_sampler import LossSecondMomentResampler
-from video_diffusion.training.loop import TrainingDiverged, TrainLoop, build_train_loop, find_resume, lr_at
+from video_diffusion.training.loop import TrainingDiverged, TrainLoop, lr_at
+from video_diffusion.training.setup import build_train_loop, find_resume
 from video_diffusion.build import create_diffusion, create_model
 
 CPU = DistContext(0, 1, 0, 1, torch.device("cpu"), "single")

@@ -10,7 +10,7 @@ rebuild the model from it instead of asking for the flags again.
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .diffusion.masks import check_mask_config, parse_mask_range
 from .files import check_output_folder
@@ -282,6 +282,54 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError(f"--seed must be a non-negative integer, got {t.seed}")
     if t.log_dir:
         check_output_folder(t.log_dir, "--log_dir")
+
+
+# ---------------------------------------------------------------------- comparing configurations
+# Fields that name where a run is, not what it trains: never reported as changed on resume.
+LOCATION_FIELDS = ("log_dir", "resume_checkpoint")
+# Diffusion fields the weights do not depend on (how timesteps are drawn and weighted).
+_NOT_IN_WEIGHTS = ("timestep_respacing", "schedule_sampler", "min_snr_gamma")
+
+
+def config_differences(a: Dict[str, Any], b: Dict[str, Any], ignore: Sequence[str] = LOCATION_FIELDS,
+                       only: Optional[Sequence[str]] = None) -> Dict[str, tuple]:
+    """
+    field -> (value in a, value in b) for every field that differs between two stored
+    configurations (``Config.to_dict``; flat over the groups, in field order).
+
+    :param ignore: fields never compared.
+    :param only: compare these fields alone.
+    """
+    def flat(cfg):
+        out = {}
+        for group, values in cfg.items():
+            out.update(values if isinstance(values, dict) else {group: values})
+        return out
+
+    fa, fb = flat(a), flat(b)
+    names = list(fb) + [k for k in fa if k not in fb]
+    return {k: (fa.get(k), fb.get(k)) for k in names
+            if k not in ignore and (only is None or k in only) and fa.get(k) != fb.get(k)}
+
+
+def weight_fields() -> tuple:
+    """The configuration fields the weights depend on: the model's, and the diffusion's that shape the output."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig)) + tuple(
+        f.name for f in dataclasses.fields(DiffusionConfig) if f.name not in _NOT_IN_WEIGHTS)
+
+
+def check_resumable(stored: Config, cfg: Config, path) -> List[str]:
+    """
+    Raise if the weights in checkpoint ``path`` (trained with ``stored``) cannot serve ``cfg``;
+    otherwise '--flag: old -> new' for every other setting that changed.
+    """
+    a, b = stored.to_dict(), cfg.to_dict()
+    shape = config_differences(a, b, only=weight_fields())
+    if shape:
+        diffs = [f"--{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in shape.items()]
+        raise ValueError(f"cannot resume from {path}: model settings differ ({'; '.join(diffs)}). "
+                         "Use a new --log_dir or the checkpoint's settings.")
+    return [f"--{k}: {old!r} -> {new!r}" for k, (old, new) in config_differences(a, b).items()]
 
 
 # ---------------------------------------------------------------------- command line

@@ -55,3 +55,14 @@ def best_and_mean(per_sample: torch.Tensor):
     """
     per_sample = per_sample.double()
     return float(per_sample.mean()), float(per_sample.max(dim=1).values.mean())
+
+
+def mean_and_std(values) -> tuple:
+    """
+    (mean, sample standard deviation) of a list of figures, e.g. over seeds: the one
+    convention of every "mean ± std" this project prints (ddof = 1; 0 for a single value).
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

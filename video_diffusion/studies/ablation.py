@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..evaluation.metrics import mean_and_std
 from ..sampling.options import SampleOptions
 from ..visualize import auto_scale, strip
 
@@ -157,22 +158,6 @@ def command(script: str, argv: Sequence[str], launcher: str = "python") -> str:
     return shlex.join([*shlex.split(launcher), script, *argv])
 
 
-def config_differences(a: Dict[str, Any], b: Dict[str, Any], ignore: Sequence[str] = ("log_dir",)) -> Dict[str, Tuple]:
-    """Fields (flat, over the configuration groups) whose values differ between two stored configurations."""
-    def flat(cfg):
-        out = {}
-        for group, values in cfg.items():
-            if isinstance(values, dict):
-                out.update(values)
-            else:
-                out[group] = values
-        return out
-
-    fa, fb = flat(a), flat(b)
-    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))
-            if k not in ignore and fa.get(k) != fb.get(k)}
-
-
 # ---------------------------------------------------------------------------------------
 # Summaries
 
@@ -189,8 +174,8 @@ def summarise(cells: Sequence[Dict]) -> Dict[str, Dict[str, float]]:
     for name in FIGURES:
         values = [c[name] for c in cells if name in c and c[name] is not None and math.isfinite(c[name])]
         if values:
-            out[name] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1
-                         else 0.0, "n": len(values)}
+            mean, std = mean_and_std(values)
+            out[name] = {"mean": mean, "std": std, "n": len(values)}
     return out
 
 

@@ -204,3 +204,28 @@ def set_aside(run_dir, paths: List[Path], after_step: int) -> Optional[Path]:
     for p in paths:
         os.replace(p, dest / p.name)
     return dest
+
+
+def fingerprint_changes(stored: Dict, current: Dict) -> List[str]:
+    """'key: old -> new' for every part of the training data's fingerprint that differs."""
+    if not stored or not current or stored == current:
+        return []
+    return [f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(stored) | set(current))
+            if stored.get(k) != current.get(k)]
+
+
+def prepare_run_dir(run_dir, resume: Optional[ResumePoint], log) -> None:
+    """
+    Before the first step (main rank): remove temporaries a killed save left, and set aside
+    the checkpoints that are not on the branch being resumed. ``log`` takes each message.
+    """
+    for p in remove_stale_temporaries(run_dir):
+        log(f"removed {p.name}, left by a save that never finished")
+    if resume is not None:
+        for path, reason in resume.unreadable:
+            log(f"warning: {reason}; resuming from the newest complete checkpoint instead")
+    moved = abandoned_checkpoints(run_dir, resume)
+    dest = set_aside(run_dir, moved, resume.step if resume else 0)
+    if dest is not None:
+        log(f"moved {len(moved)} checkpoint(s) not on the resumed branch ({', '.join(p.name for p in moved)}) "
+            f"to {dest}")

@@ -15,23 +15,18 @@ checkpoint files and their lineage (``checkpoint``), and stop signals (``preempt
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed
-from ..build import create_diffusion, create_model
-from .checkpoint import (ResumePoint, abandoned_checkpoints, find_resume_point, remove_stale_temporaries,
-                         save_checkpoint, set_aside)
-from ..config import Config, apply_overrides, config_from_args, validate
+from .checkpoint import ResumePoint, fingerprint_changes, prepare_run_dir, save_checkpoint
+from ..config import Config, check_resumable
 from ..flags import parse_float_list
-from ..data import create_dataset, resolve_num_workers, train_loader
-from ..seeds import seed_of
+from ..seeds import rng_state, seed_process_rng, set_rng_state
 from ..distributed import DistContext
 from .ema import EMA
 from ..diffusion.gaussian_diffusion import GaussianDiffusion
@@ -45,8 +40,10 @@ from .stats import StepStats, WindowStats
 
 MAX_BAD_STEPS = 10
 
-# Fields that name where a run is, not what it trains: never reported as changed on resume.
-_LOCATION_FIELDS = ("log_dir", "resume_checkpoint")
+# What a checkpoint holds besides the configuration, the RNG states and the run's metadata:
+# checkpoint key -> the TrainLoop attribute that owns it (state_dict / load_state_dict).
+# Saving and resuming both go through this one table.
+STATE_PARTS = {"model": "model", "ema": "ema", "optimizer": "opt", "schedule_sampler": "schedule_sampler"}
 
 
 def _cpu_fused_adamw() -> bool:
@@ -68,48 +65,6 @@ def lr_at(step: int, lr: float, warmup_steps: int, anneal_steps: int) -> float:
     if anneal_steps:
         factor *= max(0.0, 1.0 - step / anneal_steps)
     return lr * factor
-
-
-def model_signature(cfg: Config) -> Dict:
-    """The parts of the configuration that the weights depend on."""
-    d = cfg.to_dict()
-    return {"model": d["model"], "diffusion": {k: v for k, v in d["diffusion"].items()
-                                              if k not in ("timestep_respacing", "schedule_sampler", "min_snr_gamma")}}
-
-
-def config_changes(old: Config, new: Config) -> List[str]:
-    """'--flag: old -> new' for every field that differs (where the run lives excepted)."""
-    a, b = old.to_dict(), new.to_dict()
-    return [f"--{k}: {a[g][k]!r} -> {b[g][k]!r}" for g in b if isinstance(b[g], dict)
-            for k in b[g] if k not in _LOCATION_FIELDS and a.get(g, {}).get(k) != b[g][k]]
-
-
-def _rng_state(device: torch.device) -> Dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: Dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _seed_process_rng(seed: int, rank: int) -> None:
-    """Process RNG (dropout): a different stream per rank, derived from the seed."""
-    rank_seed = seed_of(seed, rank, 0x5EED)
-    torch.manual_seed(rank_seed)
-    np.random.seed(rank_seed % 2 ** 32)
-    random.seed(rank_seed)
-
-
-def find_resume(cfg: Config) -> Optional[ResumePoint]:
-    """The checkpoint a run resumes from (see ``checkpoint.find_resume_point``); None = a fresh run."""
-    return find_resume_point(cfg.train.log_dir, cfg.train.resume_checkpoint)
 
 
 class TrainLoop:
@@ -135,7 +90,7 @@ class TrainLoop:
         self.mask_range = parse_mask_range(cfg.mask.mask_range, cfg.model.seq_len)
         self.autocast = dict(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16")
         self.data_fingerprint = data_fingerprint or {}
-        _seed_process_rng(t.seed, ctx.rank)
+        seed_process_rng(t.seed, ctx.rank)
 
         self.model = model.to(ctx.device)
         if t.channels_last:
@@ -150,6 +105,8 @@ class TrainLoop:
         # Fused AdamW (GPU; CPU from torch 2.4) can skip a non-finite step on the device.
         self.fused_adamw = ctx.device.type == "cuda" or _cpu_fused_adamw()
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay, fused=self.fused_adamw)
+        # Fused AdamW reads two attributes that torch.amp.GradScaler usually sets: grad_scale
+        # (None: the gradients are not scaled) and found_inf, set per step in _optimizer_step.
         self.opt.grad_scale = None
         self.ema = EMA(self.model, parse_float_list(t.ema_rate, "--ema_rate"))
         self.schedule_sampler = create_timestep_sampler(cfg.diffusion.schedule_sampler, diffusion.num_timesteps)
@@ -178,16 +135,17 @@ class TrainLoop:
         return self.ema.weights(rate, device)
 
     def state(self, rng_states: List[Dict]) -> Dict:
-        """The complete training state, gathered from the parts that own it."""
-        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.opt.state_dict(), "schedule_sampler": self.schedule_sampler.state_dict(),
+        """The complete training state: the parts of ``STATE_PARTS``, the configuration, every rank's
+        RNG states, the world size, the data's fingerprint and the run's lineage."""
+        return {"config": self.cfg.to_dict(),
+                **{key: getattr(self, attr).state_dict() for key, attr in STATE_PARTS.items()},
                 "rng": rng_states, "world_size": self.ctx.world_size, "data": self.data_fingerprint,
                 "lineage": self.lineage}
 
     def save(self) -> None:
         """Write a checkpoint. Every rank calls this (the RNG states are gathered); rank 0 writes, and
         every rank learns whether it worked (a failed write stops all of them with the same error)."""
-        rng_states = distributed.all_gather_object(self.ctx, _rng_state(self.ctx.device))
+        rng_states = distributed.all_gather_object(self.ctx, rng_state(self.ctx.device))
         error = ""
         if self.ctx.is_main:
             try:
@@ -201,52 +159,30 @@ class TrainLoop:
             raise OSError(error)
 
     def _prepare_run_dir(self, resume: Optional[ResumePoint]) -> None:
-        """Main rank: clear stale temporary files and set aside checkpoints not on the resumed branch."""
         if self.ctx.is_main:
-            for p in remove_stale_temporaries(self.run_dir):
-                self.logger.info(f"removed {p.name}, left by a save that never finished")
-            if resume is not None:
-                for path, reason in resume.unreadable:
-                    self.logger.info(f"warning: {reason}; resuming from the newest complete checkpoint instead")
-            moved = abandoned_checkpoints(self.run_dir, resume)
-            dest = set_aside(self.run_dir, moved, resume.step if resume else 0)
-            if dest is not None:
-                self.logger.info(f"moved {len(moved)} checkpoint(s) not on the resumed branch "
-                                 f"({', '.join(p.name for p in moved)}) to {dest}")
+            prepare_run_dir(self.run_dir, resume, self.logger.info)
         distributed.barrier(self.ctx)
 
     def _resume(self, resume: ResumePoint) -> None:
         path, state = resume.path, resume.state
-        stored = Config.from_dict(state["config"])
-        if model_signature(stored) != model_signature(self.cfg):
-            mine, theirs = model_signature(self.cfg), model_signature(stored)
-            diffs = [f"--{k}: checkpoint {theirs[g][k]!r}, now {mine[g][k]!r}"
-                     for g in mine for k in mine[g] if mine[g][k] != theirs[g][k]]
-            raise ValueError(f"cannot resume from {path}: model settings differ ({'; '.join(diffs)}). "
-                             "Use a new --log_dir or the checkpoint's settings.")
-        changes = config_changes(stored, self.cfg)
+        changes = check_resumable(Config.from_dict(state["config"]), self.cfg, path)
         if changes:
             self.logger.info(f"resuming with {len(changes)} changed setting(s): {'; '.join(changes)}")
-        stored_data = state.get("data") or {}
-        if stored_data and self.data_fingerprint and stored_data != self.data_fingerprint:
-            diffs = [f"{k}: {stored_data.get(k)!r} -> {self.data_fingerprint.get(k)!r}"
-                     for k in sorted(set(stored_data) | set(self.data_fingerprint))
-                     if stored_data.get(k) != self.data_fingerprint.get(k)]
-            self.logger.info(f"warning: the training data differs from the checkpoint's ({'; '.join(diffs)})")
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        data_changes = fingerprint_changes(state.get("data") or {}, self.data_fingerprint)
+        if data_changes:
+            self.logger.info(f"warning: the training data differs from the checkpoint's ({'; '.join(data_changes)})")
+        loaded = {key: getattr(self, attr).load_state_dict(state[key]) for key, attr in STATE_PARTS.items()}
         for group in self.opt.param_groups:  # the stored groups carry the writer's implementation flags
             group["fused"], group["foreach"] = self.fused_adamw, None if self.fused_adamw else group.get("foreach")
-        for rate in self.ema.load_state_dict(state["ema"]):
+        for rate in loaded["ema"]:
             self.logger.info(f"EMA rate {rate} is new in this run: it starts from the current weights")
-        self.schedule_sampler.load_state_dict(state["schedule_sampler"])
         self.step = resume.step
         explicit = self.cfg.train.resume_checkpoint
         rollback = explicit and not resume.continued_branch
         self.lineage = ({"forked_from": str(Path(explicit).resolve()), "forked_at": self.step} if rollback
                         else resume.lineage())
         if state["world_size"] == self.ctx.world_size:
-            _set_rng_state(state["rng"][self.ctx.rank], self.ctx.device)
+            set_rng_state(state["rng"][self.ctx.rank], self.ctx.device)
         else:
             self.logger.info(f"world size changed ({state['world_size']} -> {self.ctx.world_size}): process RNG "
                              "(dropout) re-seeded; masks, timesteps and noise depend only on (seed, step, index)")
@@ -465,50 +401,3 @@ class TrainLoop:
             scores = self.preview()
             if scores:
                 self.logger.row({"step": self.step, "samples": self.step * self.global_batch, **scores})
-
-
-def resolve_train_config(args):
-    """
-    Command-line flags -> (config, resume). Without --log_dir the run directory is
-    runs/<preset or 'default'>. When the run directory holds checkpoints (or
-    --resume_checkpoint is given), the checkpoint's stored configuration is the base and
-    the flags given now override it, so a bare ``--log_dir RUN`` continues a run.
-    """
-    cfg = config_from_args(args)
-    if not cfg.train.log_dir:
-        cfg = apply_overrides(cfg, {"log_dir": f"runs/{cfg.preset or 'default'}"})
-    resume = find_resume(cfg)
-    if resume is not None:
-        stored = Config.from_dict(resume.state["config"])
-        stored = apply_overrides(stored, {"log_dir": cfg.train.log_dir,
-                                          "resume_checkpoint": cfg.train.resume_checkpoint})
-        preset = cfg.preset
-        cfg = config_from_args(args, base=stored)
-        cfg.preset = preset or stored.preset
-    validate(cfg)
-    return cfg, resume
-
-
-def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=None, dataset=None) -> TrainLoop:
-    """Model, diffusion process and data of a configuration, assembled into a TrainLoop."""
-    dataset = dataset if dataset is not None else create_dataset(cfg)
-    logger.info(f"data: {len(dataset)} videos from {cfg.train.data_dir or 'the embedded moving-digits generator'}")
-    for path, reason in getattr(dataset, "skipped", []):
-        logger.info(f"skipped {path}: {reason}")
-    if getattr(dataset, "skipped", None):
-        logger.info(f"--skip_bad_videos: {len(dataset.skipped)} unusable videos left out")
-    if cfg.train.class_cond:
-        cfg = apply_overrides(cfg, {"num_classes": len(dataset.classes)})
-        logger.info(f"class-conditional over {len(dataset.classes)} classes: {', '.join(dataset.classes[:10])}")
-    workers = resolve_num_workers(cfg.train.num_workers, ctx.local_world_size)
-
-    def data(start_step):
-        return train_loader(dataset, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, start_step,
-                            workers, pin_memory=ctx.device.type == "cuda")
-
-    # Initial weights are a function of --seed alone (identical on every rank and in every run).
-    torch.manual_seed(seed_of(cfg.train.seed, 0x1417))
-    model = create_model(cfg)
-    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else {}
-    return TrainLoop(cfg, ctx, model, create_diffusion(cfg), data, logger, resume=resume,
-                     data_fingerprint=fingerprint)
