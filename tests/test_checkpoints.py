@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, micro_config, script_env
-from test_training import flat_params, loop_for
+from conftest import flat_params, loop_for
 from video_diffusion.training import checkpoint as ckpt_mod
 from video_diffusion.training.checkpoint import (CheckpointWriteError, find_resume_point, list_checkpoints, load_checkpoint,
                                         save_checkpoint)
@@ -163,7 +163,7 @@ def test_progress_rows_after_the_resumed_step_are_dropped(tmp_path):
     resume = find_resume(cfg)
     assert resume.step == 4
     logger = RunLogger(run, echo=False, resume_step=resume.step)
-    from test_training import CPU
+    from conftest import CPU
     from video_diffusion.training.setup import build_train_loop
 
     build_train_loop(cfg, CPU, logger, resume).run()
@@ -223,7 +223,7 @@ class DiesInWorker(torch.utils.data.Dataset):
 
 
 def test_a_dead_dataloader_worker_is_a_one_line_error(tmp_path):
-    from test_training import CPU
+    from conftest import CPU
     from video_diffusion.training.logger import RunLogger
     from video_diffusion.training.loop import DataFailure
     from video_diffusion.training.setup import build_train_loop

@@ -5,13 +5,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, script_env
+from conftest import MICRO_FLAGS, REPO, script_env
 
 SCRIPT = str(REPO / "scripts" / "video_train.py")
-MICRO_FLAGS = ["--image_size", "16", "--seq_len", "4", "--num_channels", "8", "--num_res_blocks", "1",
-               "--channel_mult", "1,2", "--attention_resolutions", "8", "--num_heads", "2",
-               "--max_num_mask_frames", "2", "--diffusion_steps", "100", "--batch_size", "2",
-               "--num_workers", "0", "--log_interval", "1"]
+
 
 
 def train(*args, timeout=300):

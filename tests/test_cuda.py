@@ -145,7 +145,7 @@ def test_two_ranks_on_nccl_train_like_one(tmp_path):
     import sys
 
     from conftest import REPO, script_env
-    from test_cli import MICRO_FLAGS
+    from conftest import MICRO_FLAGS
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, "--log_dir", str(tmp_path / "run"),
            "--max_steps", "2", "--batch_size", "1"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, VENV_BIN, script_env
-from test_cli import MICRO_FLAGS
+from conftest import MICRO_FLAGS
 from video_diffusion.evaluation.fvd import feature_stats, frechet_distance, fvd_from_features, tf1_resize_bilinear
 from video_diffusion.evaluation.i3d import INCEPTION, InceptionI3d
 from video_diffusion.evaluation.metrics import best_and_mean, psnr, ssim

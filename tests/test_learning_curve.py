@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO, script_env
-from test_cli import MICRO_FLAGS
+from conftest import MICRO_FLAGS
 
 CURVE = str(REPO / "scripts" / "learning_curve.py")
 

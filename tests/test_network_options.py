@@ -10,7 +10,7 @@ from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
 from video_diffusion.models.blocks import Conv2Plus1d, patchify, unpatchify
 from video_diffusion.models.warp import nearest_given_frames
-from test_unet import make, run
+from conftest import make, run
 
 
 def test_patchify_round_trip_and_layout():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import REPO, script_env, micro_config
-from test_sampling import X_KNOWN, gens
-from test_training import CPU, fixed_batches, flat_params
+from conftest import X_KNOWN, gens
+from conftest import CPU, fixed_batches, flat_params
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.training.logger import RunLogger
 from video_diffusion.diffusion.masks import prediction_mask

@@ -117,7 +117,7 @@ def test_a_process_with_live_workers_that_ignore_stop_signals_still_exits(tmp_pa
         "import sys\n"
         f"sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})\n"
         "from conftest import micro_config\n"
-        "from test_training import loop_for\n"
+        "from conftest import loop_for\n"
         f"loop = loop_for(micro_config(None, log_dir={str(tmp_path / 'run')!r}, num_workers=1))\n"
         "loop.run_step(next(loop.data))\n"
         "KEEP = loop  # still referenced at exit, as a failed test's frames would be\n")

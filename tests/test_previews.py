@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, VENV_BIN, script_env
-from test_cli import MICRO_FLAGS
+from conftest import MICRO_FLAGS
 
 MPIEXEC = shutil.which("mpiexec", path=str(VENV_BIN)) or shutil.which("mpiexec")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, micro_config, script_env
-from test_cli import MICRO_FLAGS
+from conftest import MICRO_FLAGS
 from video_diffusion.distributed import DistContext
 from video_diffusion.evaluation.metrics import psnr
 from video_diffusion.evaluation.quality import copy_last_given, evaluate, format_table, frame_scores

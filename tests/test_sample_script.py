@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, VENV_BIN, script_env
-from test_cli import MICRO_FLAGS
+from conftest import MICRO_FLAGS
 
 SAMPLE = str(REPO / "scripts" / "video_sample.py")
 MPIEXEC = shutil.which("mpiexec", path=str(VENV_BIN)) or shutil.which("mpiexec")

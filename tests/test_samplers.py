@@ -161,7 +161,7 @@ def test_every_script_takes_its_sampler_choices_from_the_table(script):
 
 
 def test_the_comparison_script_writes_its_table(tmp_path):
-    from test_training import loop_for
+    from conftest import loop_for
 
     cfg = micro_config(tmp_path, max_steps=1, save_interval=1, seq_len=4)
     loop_for(cfg).run()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import micro_config
+from conftest import SHAPE, X_KNOWN, gens, micro_config
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.diffusion.masks import frames_mask, prediction_mask
 from video_diffusion.sampling.generate import rollout, sample
@@ -16,13 +16,9 @@ def random_model(cfg):
     return model.eval()
 
 
-def gens(n, seed=0):
-    return [torch.Generator().manual_seed(seed * 1000 + i) for i in range(n)]
 
 
 CFG = micro_config()
-SHAPE = (3, 3, 4, 16, 16)
-X_KNOWN = torch.rand(SHAPE) * 2 - 1
 
 
 def u8(x):

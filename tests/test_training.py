@@ -3,31 +3,16 @@ import math
 import pytest
 import torch
 
-from conftest import micro_config
+from conftest import fixed_batches, flat_params, loop_for, micro_config
 from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
 from video_diffusion.config import PRESETS, Config, apply_overrides
 from video_diffusion.data import MovingDigits
-from video_diffusion.distributed import DistContext
-from video_diffusion.training.logger import RunLogger
 from video_diffusion.diffusion.timestep_sampler import LossSecondMomentResampler
-from video_diffusion.training.loop import TrainingDiverged, TrainLoop, lr_at
-from video_diffusion.training.setup import build_train_loop, find_resume
-from video_diffusion.build import create_diffusion, create_model
-
-CPU = DistContext(0, 1, 0, 1, torch.device("cpu"), "single")
+from video_diffusion.training.loop import TrainingDiverged, lr_at
+from video_diffusion.training.setup import find_resume
+from video_diffusion.build import create_model
 
 
-def loop_for(cfg, resume=None, data=None):
-    logger = RunLogger(cfg.train.log_dir, echo=False)
-    if data is None:
-        return build_train_loop(cfg, CPU, logger, resume)
-    torch.manual_seed(0)
-    return TrainLoop(cfg, CPU, create_model(cfg), create_diffusion(cfg), data, logger, resume=resume)
-
-
-def flat_params(module_or_list):
-    params = module_or_list.parameters() if hasattr(module_or_list, "parameters") else module_or_list
-    return torch.cat([p.detach().flatten() for p in params])
 
 
 def test_lr_schedule():
@@ -119,11 +104,6 @@ def test_resume_with_a_different_model_is_a_clear_error(tmp_path):
     cfg = micro_config(tmp_path, num_channels=16, max_steps=4)
     with pytest.raises(ValueError, match="--num_channels: checkpoint 8, now 16"):
         loop_for(cfg, find_resume(cfg))
-
-
-def fixed_batches(cfg, n_videos):
-    data = MovingDigits(cfg.model.image_size, cfg.model.seq_len, seed=3)
-    return torch.stack([data[i]["video"] for i in range(n_videos)])
 
 
 def test_uneven_last_microbatch_is_weighted_correctly(tmp_path):

@@ -1,28 +1,8 @@
 import pytest
 import torch
 
+from conftest import make, run
 from video_diffusion.models.blocks import AttentionBlock
-from video_diffusion.models.unet import UNet3D
-
-
-def make(image_size=16, seq_len=None, **kw):
-    args = dict(image_size=image_size, in_channels=3, model_channels=8, out_channels=3, num_res_blocks=1,
-                attention_resolutions=(8, 4), channel_mult=(1, 2, 2), num_heads=2)
-    args.update(kw)
-    model = UNet3D(**args)
-    # Output and residual convolutions start at zero (identity blocks); randomise every
-    # parameter so that the tests see a network that actually depends on its inputs.
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model.eval()
-
-
-def run(model, n, c, t, h, w, mask=None):
-    x = torch.randn(n, c, t, h, w)
-    mask = torch.zeros(n, t) if mask is None else mask
-    return model(x, torch.randint(0, 1000, (n,)), obs_mask=mask)
 
 
 @pytest.mark.parametrize("seq_len", [1, 5, 8, 16, 20])
