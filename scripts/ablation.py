@@ -210,13 +210,14 @@ def run_cells(args, rows, tasks, checkpoints, out: Path, ctx, i3d):
     return records
 
 
-def summarise(args, rows, tasks, records):
+def tables_of(args, rows, tasks, records):
+    """summary[row][task] (mean and std of each figure over the cells) and the baselines of each task."""
     summary, baselines = {}, {}
     for row in rows:
         for task in tasks:
             cells = [r["metrics"] for (ts, rk, tk, s), r in records.items() if rk == row.key and tk == task.key]
             if cells:
-                summary.setdefault(row.key, {})[task.key] = study.summarise(cells)
+                summary.setdefault(row.key, {})[task.key] = study.figure_summary(cells)
     for task in tasks:
         if task.generation:
             continue
@@ -240,7 +241,7 @@ def perfect_model(args, tasks, checkpoint):
             continue
         o = dict(task.options)
         mask = task_mask(o["task"], 1, cfg.model.seq_len, o.get("num_cond_frames", 1), o.get("cond_frames", ""))
-        out[task.key] = study.summarise([perfect_model_scores(data, mask[0].numpy(), args.num_videos,
+        out[task.key] = study.figure_summary([perfect_model_scores(data, mask[0].numpy(), args.num_videos,
                                                               args.samples_per_video, seed=s)
                                          for s in range(args.seeds)])
     return out
@@ -326,7 +327,7 @@ def main(argv=None):
     missing = missing_cells(args, rows, tasks, records)
     if missing:
         raise SystemExit(f"cells missing: {', '.join(missing)}")
-    summary, baselines = summarise(args, rows, tasks, records)
+    summary, baselines = tables_of(args, rows, tasks, records)
     ceiling = perfect_model(args, tasks, checkpoints[rows[0].model, 0])
     tables = study.markdown_tables(rows, tasks, summary, baselines, args.samples_per_video, ceiling)
     figures = pictures(rows, tasks, out)

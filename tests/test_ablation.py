@@ -99,7 +99,7 @@ def test_summaries_and_table():
     cells = [{"psnr_mean": 10.0, "ssim_mean": 0.5, "sample_seconds_per_video": 1.0},
              {"psnr_mean": 12.0, "ssim_mean": 0.7, "sample_seconds_per_video": 3.0},
              {"psnr_mean": 14.0, "ssim_mean": 0.6, "sample_seconds_per_video": 2.0, "fvd": float("nan")}]
-    s = study.summarise(cells)
+    s = study.figure_summary(cells)
     assert s["psnr_mean"]["mean"] == pytest.approx(12.0) and s["psnr_mean"]["std"] == pytest.approx(2.0)
     assert s["ssim_mean"]["std"] == pytest.approx(float(np.std([0.5, 0.7, 0.6], ddof=1)))
     assert "fvd" not in s and s["psnr_mean"]["n"] == 3  # a NaN is not a figure

@@ -164,7 +164,7 @@ def command(script: str, argv: Sequence[str], launcher: str = "python") -> str:
 FIGURES = ("psnr_mean", "psnr_best", "ssim_mean", "ssim_best", "fvd", "sample_seconds_per_video")
 
 
-def summarise(cells: Sequence[Dict]) -> Dict[str, Dict[str, float]]:
+def figure_summary(cells: Sequence[Dict]) -> Dict[str, Dict[str, float]]:
     """
     Mean and standard deviation (over every seed, sampling and training) of each figure.
 
@@ -192,7 +192,7 @@ def markdown_tables(rows: Sequence[Row], tasks: Sequence[Task], summary: Dict, b
     The study's tables: PSNR / SSIM (mean over samples) per conditioned task with FVD for
     generation and the sampling time; the same with the best of k samples per video.
 
-    :param summary: summary[row][task] from ``summarise``.
+    :param summary: summary[row][task] from ``figure_summary``.
     :param baselines: baselines[task] = {"copy_last_given": {"psnr", "ssim"}, "black": {...}}.
     :param ceiling: ceiling[task], a perfect model's figures summarised like a row's (embedded digits only).
     """
@@ -235,9 +235,9 @@ def markdown_tables(rows: Sequence[Row], tasks: Sequence[Task], summary: Dict, b
             lines.append("| " + " | ".join(cells) + " |")
         return lines
 
-    out = ["Mean over samples (mean ± std over seeds):", ""] + table("mean")
+    out = ["Mean over samples (mean ± sample standard deviation, ddof 1, over seeds):", ""] + table("mean")
     if samples_per_video > 1:
-        out += ["", f"Best of {samples_per_video} samples per video (mean ± std over seeds):", ""] + table("best")
+        out += ["", f"Best of {samples_per_video} samples per video (mean ± sample standard deviation, ddof 1, over seeds):", ""] + table("best")
     return "\n".join(out) + "\n"
 
 
