@@ -54,7 +54,8 @@ def script_env():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: trains a model for minutes (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (trains, or runs scripts in subprocesses); "
+                            "deselect with -m 'not slow'")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skips with its reason without one; run with -m cuda)")
 
 

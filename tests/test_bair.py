@@ -155,6 +155,7 @@ def test_download_fetches_and_unpacks_only_when_asked(bair_dir, tmp_path):
     assert len(list((tmp_path / "o" / "train").glob("*.npz"))) == 4
 
 
+@pytest.mark.slow
 def test_usage_errors(tmp_path):
     proc = convert("--out_dir", str(tmp_path))
     assert proc.returncode != 0 and "--tfrecord_dir" in proc.stderr
@@ -194,6 +195,7 @@ class ArchiveServer:
         self.httpd.shutdown()
 
 
+@pytest.mark.slow
 def test_a_truncated_download_is_detected_and_a_rerun_fetches_again(bair_dir, tmp_path):
     root, _ = bair_dir
     archive = tmp_path / "bair.tar"

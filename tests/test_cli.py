@@ -50,6 +50,7 @@ def test_impossible_flag_values_exit_non_zero_naming_the_flag(tmp_path, args, fl
     assert not (tmp_path / "run").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_a_log_dir_or_out_dir_that_is_a_file_is_a_named_error(tmp_path):
     (tmp_path / "taken").write_text("a file")
     proc = train("--preset", "tiny", "--log_dir", str(tmp_path / "taken"))
@@ -62,6 +63,7 @@ def test_a_log_dir_or_out_dir_that_is_a_file_is_a_named_error(tmp_path):
         assert proc.returncode == 2 and "--out_dir" in proc.stderr and "is a file" in proc.stderr, (script, proc.stderr)
 
 
+@pytest.mark.slow
 def test_short_run_then_resume_from_the_run_directory(tmp_path):
     run = tmp_path / "run"
     first = train(*MICRO_FLAGS, "--log_dir", str(run), "--max_steps", "2", "--save_interval", "2")
@@ -91,6 +93,7 @@ def export_digits(out_dir, *args):
                           env=script_env(), capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_train_on_the_exported_synthetic_folder(tmp_path):
     export = export_digits(tmp_path / "digits")
     assert export.returncode == 0, export.stderr
@@ -137,6 +140,7 @@ def test_print_config_shows_what_the_preset_sets(tmp_path):
     assert "tiny: " in help_text and "bair64: 2e-05" in help_text  # each flag names the presets' values
 
 
+@pytest.mark.slow
 def test_bad_data_dir_is_a_named_error(tmp_path):
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "clip.mp4").write_bytes(b"not a video")

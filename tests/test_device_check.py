@@ -1,3 +1,4 @@
+import pytest
 """scripts/device_check.py --smoke: the GPU check's every step runs on a CPU too, so it cannot rot."""
 
 import json
@@ -7,6 +8,7 @@ import sys
 from conftest import REPO, script_env
 
 
+@pytest.mark.slow
 def test_device_check_smoke_writes_its_figures_and_picture(tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--smoke", "--out_dir", str(out)],

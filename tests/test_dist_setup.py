@@ -83,6 +83,7 @@ def test_two_srun_tasks_without_pmi_train_together(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ranks[0]["params"], ranks[1]["params"]))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_mpi_honours_master_addr(tmp_path):
     # an address that cannot resolve: the run must fail on it, proving it was used

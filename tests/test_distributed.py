@@ -30,6 +30,7 @@ def run_worker(tmp_path, name, launcher, batch_size):
     return ranks, rows
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_mpiexec_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     two, rows2 = run_worker(tmp_path, "two", [MPIEXEC, "-n", "2", sys.executable], batch_size=2)
@@ -55,6 +56,7 @@ def test_mpiexec_two_ranks_match_one_process_with_the_same_global_batch(tmp_path
         assert float(rows2[-1][key]) == pytest.approx(float(rows1[-1][key]), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     two, _ = run_worker(tmp_path, "tr", launcher, batch_size=1)
@@ -63,6 +65,7 @@ def test_torchrun_two_ranks(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_train_script_under_mpiexec(tmp_path):
     run = tmp_path / "run"

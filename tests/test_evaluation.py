@@ -229,6 +229,7 @@ def fvd_script(*args):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_black_versus_white_clips_give_the_published_fvd(tmp_path):
     # the TensorFlow reference's own test: 8 black and 8 white clips of 30 frames at 64x64 -> 151.39
     np.savez(tmp_path / "black.npz", np.zeros((8, 30, 64, 64, 3), np.uint8))
@@ -293,6 +294,7 @@ def test_best_of_n():
 
 
 # ---------------------------------------------------------------- the BAIR protocol, end to end
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mpiexec", path=str(VENV_BIN)) is None, reason="mpiexec not installed")
 def test_bair_protocol_on_two_ranks(tmp_path):
     test_dir = tmp_path / "test"
@@ -399,6 +401,7 @@ def test_sampling_never_inherits_skip_bad_videos_from_training(tmp_path):
     assert len(kept) == 3 and [Path(p).name for p, _ in kept.skipped] == ["v3.npz"]
 
 
+@pytest.mark.slow
 def test_fvd_against_a_folder_of_real_videos(tmp_path):
     rng = np.random.default_rng(0)
     real = tmp_path / "real"
@@ -414,6 +417,7 @@ def test_fvd_against_a_folder_of_real_videos(tmp_path):
     assert feats["samples"].shape == (3, 400) and feats["reference"].shape == (3, 400)  # first 12 frames of each
 
 
+@pytest.mark.slow
 def test_cached_statistics_must_match_the_request(tmp_path):
     from video_diffusion.evaluation.fvd import save_stats
 
@@ -446,6 +450,7 @@ def test_cached_statistics_must_match_the_request(tmp_path):
     assert old.returncode == 2 and "does not record" in old.stderr
 
 
+@pytest.mark.slow
 def test_frame_counts_of_samples_and_reference_must_agree(tmp_path):
     np.savez(tmp_path / "s10.npz", np.zeros((3, 10, 16, 16, 3), np.uint8))
     np.savez(tmp_path / "r16.npz", np.zeros((3, 16, 16, 16, 3), np.uint8))

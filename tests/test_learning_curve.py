@@ -25,6 +25,7 @@ def run_dir(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow
 def test_curve_of_every_checkpoint_with_references_and_resume(run_dir, tmp_path):
     out = tmp_path / "curve"
     args = [sys.executable, CURVE, "--run_dir", str(run_dir), "--out_dir", str(out), "--num_videos", "3",

@@ -105,7 +105,8 @@ def test_sigma_data_skip_passes_near_clean_inputs_through():
 @pytest.mark.parametrize("kw", [dict(norm="channel"), dict(output_head="warp", given_frame_input=True,
                                                           predict_xstart=True),
                                 dict(norm="channel", output_head="warp", given_frame_input=True, sigma_data=0.5,
-                                     predict_xstart=True, patch_size=2, image_size=32)])
+                                     predict_xstart=True, patch_size=2, image_size=32),
+                                dict(output_head="warp", given_frame_input=True, warp_input=True, predict_xstart=True)])
 def test_each_lever_trains(kw):
     torch.manual_seed(0)
     cfg = micro_config(**kw)
@@ -136,3 +137,31 @@ def test_bad_lever_combinations_are_named():
         validate(micro_config(output_head="warp", given_frame_input=True))
     with pytest.raises(ValueError, match="learn_sigma"):
         validate(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, learn_sigma=True))
+    with pytest.raises(ValueError, match="--warp_input needs --output_head warp"):
+        validate(micro_config(warp_input=True, given_frame_input=True))
+
+
+def test_the_unlearned_warp_is_the_heads_warp_with_nothing_learned_and_feeds_the_network():
+    head = WarpHead(radius=2)
+    video = _square_video((1, 2))
+    mask = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    match = head.match(video, mask)
+    raw = torch.zeros(1, head.num_outputs(3), 6, 16, 16)
+    raw[:, head.num_candidates + 1] = 40.0  # blend all the way to the warp
+    assert torch.allclose(head(raw, match)[:, 3:], match.unlearned, atol=1e-6)
+    # with --warp_input the network takes W_0 as input channels, computed once per call (the head reuses it)
+    cfg = micro_config(output_head="warp", given_frame_input=True, warp_input=True, predict_xstart=True,
+                       warp_radius=2)
+    model = create_model(cfg)
+    assert model.input_blocks[0][0].in_channels == 3 * 3 + 2  # frames, nearest given frame, W_0, mask, offset
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("head."):  # the head keeps its cost weights (beta, gamma)
+                p.normal_(0, 0.1)
+    x = video[:, :, :4]
+    m = mask[:, :4]
+    seen = []
+    model.head.match = lambda x_, m_, orig=model.head.match: seen.append(orig(x_, m_)) or seen[-1]
+    model(x, torch.tensor([5]), obs_mask=m)
+    assert len(seen) == 1 and torch.equal(seen[0].unlearned, head.match(x, m).unlearned)

@@ -69,6 +69,7 @@ def test_bf16_autocast_stays_close_to_fp32(tmp_path):
     assert (bf16_params - fp32_params).abs().max() < 5e-3  # two Adam steps of lr 1e-3 each
 
 
+@pytest.mark.slow
 def test_compiled_network_matches_eager(tmp_path):
     eager_loss, eager_params, _ = two_steps(tmp_path / "a", compile=False)
     compiled_loss, compiled_params, loop = two_steps(tmp_path / "b", compile=True)

@@ -46,6 +46,7 @@ def rank_pids(run, launcher_pid):
     return sorted(int(p) for p in out.split() if int(p) != launcher_pid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_a_stop_signal_saves_the_current_step_and_a_relaunch_continues(tmp_path, sig):
     run = tmp_path / "run"
@@ -68,6 +69,7 @@ def test_a_stop_signal_saves_the_current_step_and_a_relaunch_continues(tmp_path,
     assert load_checkpoint(list_checkpoints(run)[-1])["step"] == stopped_at + 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     run = tmp_path / "run"
@@ -94,6 +96,7 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     assert f"resumed from {ckpts[0]} at step {state['step']}" in (run / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_fault_injection_script_short(tmp_path):
     # the full study is 20 interruptions (the README's figures); three keep the script honest here
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fault_injection.py"), "--rounds", "3",

@@ -24,6 +24,7 @@ def train(run, *launcher, extra=()):
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_previews_at_the_interval_and_at_the_end(tmp_path, ranks):
     if ranks == 2 and MPIEXEC is None:
@@ -49,6 +50,7 @@ def test_previews_at_the_interval_and_at_the_end(tmp_path, ranks):
     assert (tmp_path / "run" / "ckpt_0000005.pt").is_file()
 
 
+@pytest.mark.slow
 def test_previews_are_off_by_default(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, "--log_dir",
                            str(tmp_path / "run"), "--max_steps", "2"], env=script_env(), capture_output=True,

@@ -60,6 +60,7 @@ def static_videos(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_an_oracle_scores_perfectly_and_its_fvd_is_zero(static_videos):
     from video_diffusion.evaluation.weights import load_i3d
 
@@ -98,6 +99,7 @@ def test_best_of_k_is_at_least_the_mean_and_samples_differ_by_seed(static_videos
     assert "fvd" not in m  # no I3D given
 
 
+@pytest.mark.slow
 def test_evaluate_script_on_a_trained_checkpoint(tmp_path):
     train = subprocess.run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS,
                             "--log_dir", str(tmp_path / "run"), "--max_steps", "2"],

@@ -67,6 +67,7 @@ def test_prediction_with_only_model_path_and_task_flags(checkpoints, tmp_path):
     assert tuple(strip[0, 0]) == (220, 30, 30) and tuple(strip[0, 20]) == (255, 255, 255)  # frame 0 outlined
 
 
+@pytest.mark.slow
 def test_a_second_run_never_overwrites_the_first(checkpoints, tmp_path):
     first = sample(checkpoints["masked"], tmp_path, "--task", "prediction", "--num_samples", "2", "--steps", "3")
     assert first.returncode == 0, first.stderr
@@ -83,6 +84,7 @@ def test_a_second_run_never_overwrites_the_first(checkpoints, tmp_path):
     assert "sampler dpmpp_2m, 3 steps" in second.stdout and "s per video" in second.stdout
 
 
+@pytest.mark.slow
 def test_default_sampler_is_dpmpp_2m_20_and_others_are_one_flag_away(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path / "d", "--num_samples", "1")
     assert proc.returncode == 0, proc.stderr
@@ -115,6 +117,7 @@ def test_infill_and_generation(checkpoints, tmp_path):
     assert set(f.files) == {"arr_0"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_one_and_two_ranks_write_the_same_file(checkpoints, tmp_path):
     args = ("--num_samples", "3", "--batch_size", "2", "--sampler", "ddim", "--steps", "10",
@@ -128,6 +131,7 @@ def test_one_and_two_ranks_write_the_same_file(checkpoints, tmp_path):
         assert np.array_equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_long_rollout_from_the_script(checkpoints, tmp_path):
     proc = sample(checkpoints["masked"], tmp_path, "--num_frames", "9", "--context_frames", "2",
                   "--num_samples", "2", "--sampler", "ddpm", "--steps", "10")
@@ -157,6 +161,7 @@ def test_bad_sampling_flags(checkpoints, tmp_path, args, message):
     assert not list(tmp_path.glob("*.npz"))
 
 
+@pytest.mark.slow
 def test_guidance_on_a_model_never_trained_unconditionally(checkpoints, tmp_path):
     proc = sample(checkpoints["no_uncond"], tmp_path, "--guidance_scale", "2")
     assert proc.returncode != 0 and "uncondition_rate 0" in proc.stderr
@@ -174,6 +179,7 @@ def test_missing_or_foreign_model_path(tmp_path):
     assert proc.returncode != 0 and "foreign.pt" in proc.stderr and "not a readable checkpoint" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 def test_every_test_video_exactly_once_from_a_folder(tmp_path):
     train_dir, test_dir = tmp_path / "train", tmp_path / "test"
@@ -199,6 +205,7 @@ def test_every_test_video_exactly_once_from_a_folder(tmp_path):
     assert too_many.returncode != 0 and "exceeds the 5 test videos" in too_many.stderr
 
 
+@pytest.mark.slow
 def test_class_conditional_training_with_skipped_files_then_every_window(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

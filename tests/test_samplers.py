@@ -160,6 +160,7 @@ def test_every_script_takes_its_sampler_choices_from_the_table(script):
     assert choices_of(script) == tuple(SAMPLERS)
 
 
+@pytest.mark.slow
 def test_the_comparison_script_writes_its_table(tmp_path):
     from conftest import loop_for
 

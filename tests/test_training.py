@@ -185,6 +185,7 @@ def test_importance_sampler_warms_up_and_reweights():
     assert weights.mean().item() == pytest.approx(1.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_tiny_preset_learns_on_the_embedded_dataset(tmp_path):
     """
     The tiny network predicts x_0 around its warp head's continuation of the given frames,

@@ -44,6 +44,7 @@ def _probe(root: Path, out: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_training_and_sampling_match_the_code_before_the_restructuring(tmp_path):
     before = _old_tree(tmp_path)
     _probe(before, tmp_path / "old")
