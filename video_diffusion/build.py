@@ -38,6 +38,7 @@ def create_model(cfg: Config) -> UNet3D:
         output_head=m.output_head,
         warp_radius=m.warp_radius,
         warp_input=m.warp_input,
+        warp_gate=m.warp_gate,
         num_classes=m.num_classes or None,
     )
 

@@ -55,6 +55,8 @@ class ModelConfig:
     warp_input: bool = _f(False, "--output_head warp: also give every frame the warp before anything is learned "
                                  "(the block matcher's continuation) as input channels, so the correction can "
                                  "read the prior it corrects")
+    warp_gate: bool = _f(False, "--output_head warp: the correction counts only where the given frames do not "
+                                "explain the warp (x_0 = W + (1 - c) F, c the unlearned warp's match confidence)")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -239,6 +241,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
     if m.warp_input and m.output_head != "warp":
         raise ValueError("--warp_input needs --output_head warp")
+    if m.warp_gate and m.output_head != "warp":
+        raise ValueError("--warp_gate needs --output_head warp")
     if m.warp_radius < 0:
         raise ValueError(f"--warp_radius must be >= 0, got {m.warp_radius}")
     if m.output_head == "warp" and not d.predict_xstart:

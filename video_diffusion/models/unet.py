@@ -51,6 +51,10 @@ class UNet3D(nn.Module):
         is learned, ``WarpHead.match``) as input channels. x_0 = W + F asks F for x_t - W at low
         noise and for the warp's failures at high noise; without W at hand the network has to
         rebuild the warp inside itself to say either.
+    :param warp_gate: with the warp head, the correction F counts only where the given frames do
+        not explain the warp: x_0 = W + (1 - c) F, c the unlearned warp's confidence (1 where its
+        velocity matches the given frames exactly). A network that has not yet learned to output
+        0 there (at high noise its output follows the noise) then cannot wash out what the warp carries.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -59,7 +63,8 @@ class UNet3D(nn.Module):
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
-                 output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False):
+                 output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False,
+                 warp_gate: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -69,7 +74,9 @@ class UNet3D(nn.Module):
             raise ValueError("output_head 'warp' needs given_frame_input: it warps the nearest given frame")
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
-        self.head = WarpHead(warp_radius) if output_head == "warp" else None
+        self.head = WarpHead(warp_radius, gate=warp_gate) if output_head == "warp" else None
+        if warp_gate and output_head != "warp":
+            raise ValueError("warp_gate needs output_head 'warp'")
         if warp_input and output_head != "warp":
             raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
         self.warp_input = warp_input

@@ -96,8 +96,9 @@ class WarpHead(nn.Module):
     hold (bounces, overlapping digits, a single given frame) and what to draw there.
     """
 
-    def __init__(self, radius: int = 3):
+    def __init__(self, radius: int = 3, gate: bool = False):
         super().__init__()
+        self.gate = gate
         if radius < 0:
             raise ValueError(f"warp radius must be >= 0, got {radius}")
         self.radius = radius
@@ -160,10 +161,16 @@ class WarpHead(nn.Module):
             evidence = cost[:, :, k // 2] - cost.min(dim=2).values  # [N, T, H, W]
             cost, evidence = along(cost, own=True), along(evidence[:, :, None])[:, :, :, 0]
             score = self.log_gamma.exp() * evidence - self.log_beta.exp() * cost
-            unlearned = (torch.softmax(score, dim=2)[:, :, :, None] * content).sum(dim=2)
+            chosen = torch.softmax(score, dim=2)
+            unlearned = (chosen[:, :, :, None] * content).sum(dim=2)
             unlearned = unlearned * valid[:, :, 0, None, None, None]
+            # How well the unlearned warp's own choice explains the given frames at each pixel: 1
+            # where its velocity matches them exactly, towards 0 where no velocity does (an
+            # occlusion, a bounce) or where one given frame leaves the velocity open.
+            confidence = torch.exp(-self.log_beta.exp() * (chosen * cost).sum(dim=2)) * valid[:, :, 1, None, None]
         return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
-                         unlearned=unlearned.permute(0, 2, 1, 3, 4).to(x.dtype))
+                         unlearned=unlearned.permute(0, 2, 1, 3, 4).to(x.dtype),
+                         confidence=confidence[:, None].to(x.dtype))
 
     def forward(self, raw: torch.Tensor, match: "WarpMatch") -> torch.Tensor:
         """
@@ -174,6 +181,8 @@ class WarpHead(nn.Module):
         k = self.num_candidates
         logits, salience, blend = raw[:, :k].float(), raw[:, k:k + 1].float(), raw[:, k + 1:k + 2].float()
         correction = raw[:, k + 2:]
+        if self.gate:  # the correction acts where the given frames do not explain the warp
+            correction = correction * (1 - match.confidence)
         score = (logits.permute(0, 2, 1, 3, 4) - self.log_beta.exp() * match.cost
                  + self.log_gamma.exp() * match.evidence
                  + match.along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
@@ -188,10 +197,12 @@ class WarpHead(nn.Module):
 class WarpMatch:
     """``WarpHead.match``: the candidates' reads [N, T, K, C, H, W], their costs and motion
     evidence [N, T, K, H, W], which nearest given frames exist [N, T, 2], the read along the
-    candidates (``along``), and W_0 [N, C, T, H, W], the warp before anything is learned."""
+    candidates (``along``), W_0 [N, C, T, H, W], the warp before anything is learned, and its
+    confidence c [N, 1, T, H, W] = exp(-beta * the cost of W_0's choice), 0 without a second given frame."""
     content: torch.Tensor
     cost: torch.Tensor
     evidence: torch.Tensor
     valid: torch.Tensor
     along: Callable
     unlearned: torch.Tensor
+    confidence: torch.Tensor  # [N, 1, T, H, W]
