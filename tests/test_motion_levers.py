@@ -106,7 +106,8 @@ def test_sigma_data_skip_passes_near_clean_inputs_through():
                                                           predict_xstart=True),
                                 dict(norm="channel", output_head="warp", given_frame_input=True, sigma_data=0.5,
                                      predict_xstart=True, patch_size=2, image_size=32),
-                                dict(output_head="warp", given_frame_input=True, warp_input=True, predict_xstart=True)])
+                                dict(output_head="warp", given_frame_input=True, warp_input=True, predict_xstart=True),
+                                dict(output_head="warp", given_frame_input=True, warp_gate=True, predict_xstart=True)])
 def test_each_lever_trains(kw):
     torch.manual_seed(0)
     cfg = micro_config(**kw)
@@ -139,6 +140,22 @@ def test_bad_lever_combinations_are_named():
         validate(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, learn_sigma=True))
     with pytest.raises(ValueError, match="--warp_input needs --output_head warp"):
         validate(micro_config(warp_input=True, given_frame_input=True))
+    with pytest.raises(ValueError, match="--warp_gate needs --output_head warp"):
+        validate(micro_config(warp_gate=True, given_frame_input=True))
+
+
+def test_the_gate_keeps_the_correction_out_where_the_given_frames_explain_the_warp():
+    video = _square_video((1, 2))
+    raw = torch.zeros(1, WarpHead(2).num_outputs(3), 6, 16, 16)
+    raw[:, WarpHead(2).num_candidates + 2:] = 0.5  # a correction everywhere
+    two, one = torch.tensor([[1.0, 1, 0, 0, 0, 0]]), torch.tensor([[1.0, 0, 0, 0, 0, 0]])
+    gated, plain = WarpHead(2, gate=True), WarpHead(2)
+    f_two = gated(raw, gated.match(video, two))[:, :3]
+    # the square and the background it moves over are explained by one velocity: no correction there
+    assert f_two[:, :, 2:5].abs().mean() < 0.05 and torch.equal(plain(raw, plain.match(video, two))[:, :3],
+                                                                 raw[:, -3:])
+    # one given frame leaves the velocity open: the correction passes whole
+    assert torch.allclose(gated(raw, gated.match(video, one))[:, :3], raw[:, -3:])
 
 
 def test_the_unlearned_warp_is_the_heads_warp_with_nothing_learned_and_feeds_the_network():
