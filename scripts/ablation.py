@@ -38,7 +38,7 @@ import numpy as np
 from video_diffusion.studies import ablation as study
 from video_diffusion import distributed
 from video_diffusion.flags import parse_float_list, parse_int_list
-from video_diffusion.files import write_atomically, write_image, write_json, write_npz
+from video_diffusion.files import check_output_folder, write_atomically, write_image, write_json, write_npz
 from video_diffusion.training.checkpoint import checkpoint_name, load_checkpoint
 from video_diffusion.config import PRESETS, Config, add_config_flags, config_differences, config_from_args
 from video_diffusion.studies.ceiling import perfect_model_scores
@@ -297,8 +297,10 @@ def main(argv=None):
         parser.error(f"--max_steps: the preset {args.preset!r} has no step count; give one")
 
     out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out_dir {out} is a file, not a folder")
+    try:
+        check_output_folder(out, "--out_dir")
+    except ValueError as e:
+        parser.error(str(e))
     settings = settings_of(args)
     settings_path = out / "study.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:

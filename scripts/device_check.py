@@ -186,9 +186,13 @@ def main(argv=None):
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: from the GPU name)")
     p.add_argument("--skip", default="", help="steps to leave out, e.g. 'tests,compile' (tests, benchmark, compile, quality)")
     args = p.parse_args(argv)
+    from video_diffusion.files import check_output_folder
+
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        p.error(f"--out_dir {args.out_dir!r} is a file, not a folder")
+    try:
+        check_output_folder(out_dir, "--out_dir")
+    except ValueError as e:
+        p.error(str(e))
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:

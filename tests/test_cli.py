@@ -61,6 +61,10 @@ def test_a_log_dir_or_out_dir_that_is_a_file_is_a_named_error(tmp_path):
                                "--data_dir", str(tmp_path), "--out_dir", str(tmp_path / "taken" / "sub")],
                               env=script_env(), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "--out_dir" in proc.stderr and "is a file" in proc.stderr, (script, proc.stderr)
+    for script in ("ablation.py", "device_check.py"):  # the same check, for the studies' output folders
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--out_dir", str(tmp_path / "taken" / "x")],
+                              env=script_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "--out_dir" in proc.stderr and "is a file" in proc.stderr, (script, proc.stderr)
 
 
 @pytest.mark.slow

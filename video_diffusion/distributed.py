@@ -212,3 +212,12 @@ def all_gather_object(ctx: DistContext, obj) -> List:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def check_covered(keys, num_items: int) -> None:
+    """Items gathered from every rank must be 0 .. num_items - 1, each exactly once."""
+    keys = list(keys)
+    missing = sorted(set(range(num_items)) - set(keys))
+    if missing or len(keys) != num_items:
+        raise RuntimeError(f"the ranks did not produce every item exactly once (missing {missing[:10]}, "
+                           f"{len(keys)} produced for {num_items})")

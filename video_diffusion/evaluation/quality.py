@@ -129,9 +129,7 @@ def evaluate(cfg, model, plan: SamplingPlan, ctx: distributed.DistContext, i3d=N
                                                   features=features, real=real_features, shown=shown))
     if not ctx.is_main:
         return None
-    all_keys = sorted(k for p in parts for k in p["keys"])
-    if all_keys != list(range(num_videos * per_video)):
-        raise RuntimeError("the samples were not covered exactly once by the ranks")
+    distributed.check_covered([k for p in parts for k in p["keys"]], num_videos * per_video)
     metrics = {"task": opts.task, "num_videos": num_videos, "samples_per_video": per_video,
                "num_frames": num_frames, "seconds": max(p["seconds"] for p in parts),
                "sample_seconds_per_video": max(p["seconds"] for p in parts) * ctx.world_size

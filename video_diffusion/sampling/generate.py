@@ -198,9 +198,7 @@ def gather_samples(ctx: distributed.DistContext, mine: Dict, num_items: int):
     merged = {}
     for p in parts:
         merged.update(p)
-    missing = sorted(set(range(num_items)) - set(merged))
-    if missing:
-        raise RuntimeError(f"samples {missing[:10]} were produced by no rank")
+    distributed.check_covered([k for p in parts for k in p], num_items)
     order = range(num_items)
     samples = np.stack([merged[i][0] for i in order])
     gt = None if merged[0][1] is None else np.stack([merged[i][1] for i in order])
