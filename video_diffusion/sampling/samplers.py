@@ -95,6 +95,17 @@ def _exponential_step(grid: Grid, i: int):
     return (lambda x, d: ratio * x + weight * d), h
 
 
+def _exponential_solver(update: Callable, denoiser: Denoiser, x, grid: Grid, callback=None):
+    """The loop of the exponential-integrator solvers: at step i the network's x_0, then
+    ``update(x, x0, i)`` takes x to step i - 1; the last step lands on the prediction of x_0."""
+    for i in reversed(range(len(grid))):
+        x0 = denoiser(x, i)["pred_xstart"]
+        x = x0 if i == 0 else update(x, x0, i)
+        if callback is not None:
+            callback({"x": x, "i": i, "pred_xstart": x0})
+    return x
+
+
 def sample_dpmpp_2m(denoiser: Denoiser, x, grid: Grid, noise_fn=None, callback=None):
     """
     DPM-Solver++(2M) (Lu et al. 2022): a second-order multistep solver of the probability-flow
@@ -102,23 +113,18 @@ def sample_dpmpp_2m(denoiser: Denoiser, x, grid: Grid, noise_fn=None, callback=N
     step's prediction, so each step costs one network evaluation. The first step is first
     order (it is DDIM), and the last lands on the prediction of x_0.
     """
-    prev, h_prev = None, None
-    for i in reversed(range(len(grid))):
-        out = denoiser(x, i)
-        x0 = out["pred_xstart"]
-        if i == 0:
-            x = x0
-        else:
-            step, h = _exponential_step(grid, i)
-            d = x0
-            if prev is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev
-            x = step(x, d)
-            prev, h_prev = x0, h
-        if callback is not None:
-            callback({"x": x, "i": i, "pred_xstart": x0})
-    return x
+    previous = {}  # the last step's prediction and log-SNR step
+
+    def update(x, x0, i):
+        step, h = _exponential_step(grid, i)
+        d = x0
+        if previous:
+            r = previous["h"] / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous["x0"]
+        previous.update(x0=x0, h=h)
+        return step(x, d)
+
+    return _exponential_solver(update, denoiser, x, grid, callback)
 
 
 def sample_dpmpp_2s(denoiser: Denoiser, x, grid: Grid, noise_fn=None, callback=None):
@@ -133,18 +139,12 @@ def sample_dpmpp_2s(denoiser: Denoiser, x, grid: Grid, noise_fn=None, callback=N
     two predictions by sigma_max / 2, some 5,000 for the cosine schedule; in the exponential
     integrator the weights stay below 1.)
     """
-    for i in reversed(range(len(grid))):
-        out = denoiser(x, i)
-        x0 = out["pred_xstart"]
-        if i == 0:
-            x = x0
-        else:
-            step, _ = _exponential_step(grid, i)
-            x0_end = denoiser(step(x, x0), i - 1)["pred_xstart"]  # the first-order step's end
-            x = step(x, (x0 + x0_end) / 2)
-        if callback is not None:
-            callback({"x": x, "i": i, "pred_xstart": x0})
-    return x
+    def update(x, x0, i):
+        step, _ = _exponential_step(grid, i)
+        x0_end = denoiser(step(x, x0), i - 1)["pred_xstart"]  # the first-order step's end
+        return step(x, (x0 + x0_end) / 2)
+
+    return _exponential_solver(update, denoiser, x, grid, callback)
 
 
 @dataclass(frozen=True)
