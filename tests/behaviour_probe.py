@@ -7,7 +7,11 @@ into OUT. ``test_unchanged_behaviour.py`` runs it on the code before the restruc
 
     python tests/behaviour_probe.py ROOT OUT     # ROOT: the checkout whose scripts/ run
 
-Only the scripts' flags are used, never a library import: those are the surface that stays.
+Only the scripts' flags drive it: those are the surface that stays. The sample files hold
+uint8 videos, which would hide a change below a rounding step, so the probe also records the
+float videos the generation code converts to uint8 (``to_uint8``, which lives in
+``sample_util`` before the restructuring and in ``sampling.outputs`` after it) and writes
+them beside each sample file as floats.npz.
 """
 
 import contextlib
@@ -17,6 +21,8 @@ import io
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 MICRO = ["--image_size", "16", "--seq_len", "4", "--num_channels", "8", "--num_res_blocks", "1",
          "--channel_mult", "1,2", "--attention_resolutions", "8", "--num_heads", "2", "--max_num_mask_frames", "2",
@@ -48,12 +54,35 @@ def script(root: Path, name: str):
     return module
 
 
+def record_float_videos() -> list:
+    """Every float video batch handed to the generation code's ``to_uint8``, in order."""
+    import importlib
+
+    seen = []
+    for name in ("video_diffusion.sampling.generate", "video_diffusion.sample_util"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "to_uint8"):
+            convert = module.to_uint8
+
+            def recording(videos, convert=convert):
+                seen.append(videos.detach().cpu().numpy().copy())
+                return convert(videos)
+
+            module.to_uint8 = recording
+            return seen
+    raise RuntimeError("no to_uint8 in the generation code: update the probe for the new layout")
+
+
 def main(root: Path, out: Path) -> None:
     sys.path.insert(0, str(root))
     import torch
 
     torch.set_num_threads(1)
     train, sample = script(root, "video_train"), script(root, "video_sample")
+    floats = record_float_videos()
     summary = {}
     for model, flags in MODELS.items():
         run = out / model
@@ -65,9 +94,11 @@ def main(root: Path, out: Path) -> None:
         jobs = {f"{task}-{s}": TASKS[task] + SAMPLERS[s] for task in TASKS for s in SAMPLERS}
         jobs.update(EXTRA)
         for job, job_flags in jobs.items():
+            floats.clear()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 sample.main(["--model_path", str(ckpt), "--out_dir", str(out / "samples" / model / job),
                              "--num_samples", "3", "--batch_size", "2", "--seed", "7"] + job_flags)
+            np.savez(out / "samples" / model / job / "floats.npz", *floats)
     (out / "losses.json").write_text(json.dumps(summary))
 
 
