@@ -20,71 +20,17 @@ Time it on an otherwise idle machine: the seconds per video are part of the tabl
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
 
 from video_diffusion import distributed
-from video_diffusion.files import write_atomically, write_json
-from video_diffusion.evaluation.metrics import mean_and_std
-from video_diffusion.evaluation.quality import MIN_FVD_FRAMES, evaluate, frame_scores
+from video_diffusion.evaluation.quality import MIN_FVD_FRAMES
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.flags import parse_list
-from video_diffusion.sampling.generate import generate
 from video_diffusion.sampling.loading import load_for_sampling
 from video_diffusion.sampling.options import SampleOptions, add_checkpoint_flags
 from video_diffusion.sampling.plan import resolve_plan
 from video_diffusion.sampling.samplers import GRIDS, SAMPLERS
-
-
-def run(cfg, model, opts, ctx):
-    start = time.perf_counter()
-    out = generate(model, resolve_plan(cfg, opts), ctx)
-    seconds = time.perf_counter() - start
-    keys = sorted(out)
-    return [out[k] for k in keys], seconds / len(keys)
-
-
-def row_key(row):
-    return row["sampler"], row["grid"], row["requested_evaluations"]
-
-
-def earlier_rows(out_dir, settings):
-    """Rows of an earlier run in ``out_dir`` made with exactly ``settings`` (an error if they differ)."""
-    path = Path(out_dir) / "samplers.json" if out_dir else None
-    if path is None or not path.exists():
-        return {}
-    try:
-        earlier = json.loads(path.read_text())
-        rows = {row_key(r): r for r in earlier["rows"]}
-        changed = sorted(k for k in settings if earlier.get(k) != settings[k])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a comparison this script wrote ({e}); use another --out_dir") from None
-    if changed:
-        raise ValueError(f"{path} holds a comparison with other settings ({', '.join(changed)}); use another "
-                         f"--out_dir or the same settings to complete it")
-    return rows
-
-
-def write_results(out_dir, settings, rows, table):
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / "samplers.md", lambda f: f.write((table + "\n").encode()))
-    write_json(out / "samplers.json", {**settings, "rows": rows})
-
-
-def format_table(rows, fvd_head):
-    lines = ["| sampler | grid | network evaluations | PSNR (dB) | SSIM | PSNR to the converged sample (dB) |"
-             + fvd_head + " s/video |", "| --- " * (7 + bool(fvd_head)) + "|"]
-    for r in rows:
-        fvd_cell = f" {r['fvd']:.0f} ± {r['fvd_std']:.0f} |" if fvd_head else ""
-        lines.append(f"| {r['sampler']} | {r['grid']} | {r['evaluations']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
-                     f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {r['psnr_to_converged']:.2f} |{fvd_cell} "
-                     f"{r['s_per_video']:.2f} |")
-    return "\n".join(lines)
+from video_diffusion.studies import samplers as study
 
 
 def main(argv=None):
@@ -146,7 +92,7 @@ def main(argv=None):
                     "num_samples": args.num_samples, "num_cond_frames": args.num_cond_frames,
                     "reference_sampler": args.reference_sampler, "reference_evaluations": args.reference_evaluations,
                     "fvd_videos": args.fvd_videos, "fvd_frames": args.fvd_frames if args.fvd_videos else None}
-        done = earlier_rows(args.out_dir, settings)
+        done = study.earlier_rows(args.out_dir, settings)
     except (ValueError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     print(f"{args.model_path} ({weights}): {args.num_samples} held-out videos, {args.num_cond_frames} -> "
@@ -159,7 +105,7 @@ def main(argv=None):
         if seed not in references:
             opts = dataclasses.replace(base, sampler=args.reference_sampler, steps=args.reference_evaluations,
                                        seed=seed)
-            references[seed], _ = run(cfg, model, opts, ctx)
+            references[seed], _ = study.run(cfg, model, opts, ctx)
         return references[seed]
 
     configs = [(s, g, e) for s in samplers for g in grids for e in budgets
@@ -175,42 +121,17 @@ def main(argv=None):
                   flush=True)
             rows.append(row)
             continue
-        psnr, ssim, to_ref, secs, fvd = [], [], [], [], []
-        for seed in seeds:
-            if i3d is not None:
-                opts = dataclasses.replace(generation, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
-                fvd.append(evaluate(cfg, model, resolve_plan(cfg, opts), ctx, i3d=i3d, real_features_cache=real_features)
-                           ["metrics"]["fvd"])
-            opts = dataclasses.replace(base, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
-            items, s_per_video = run(cfg, model, opts, ctx)
-            scores = np.array([frame_scores(sample, gt, mask) for sample, gt, mask in items])
-            ref = np.array([frame_scores(sample, r[0], mask)[0] for (sample, _, mask), r in
-                            zip(items, reference(seed))])
-            psnr.append(scores[:, 0].mean())
-            ssim.append(scores[:, 1].mean())
-            to_ref.append(ref.mean())
-            secs.append(s_per_video)
-        spec = SAMPLERS[sampler]  # the evaluations actually spent (a two-evaluation step rounds the budget down)
-        nfe = spec.evaluations(spec.steps_for(evaluations) if evaluations else cfg.diffusion.diffusion_steps)
-        row = {"sampler": sampler, "grid": grid, "requested_evaluations": evaluations, "evaluations": nfe,
-               **dict(zip(("psnr", "psnr_std"), mean_and_std(psnr))), **dict(zip(("ssim", "ssim_std"), mean_and_std(ssim))),
-               "psnr_to_converged": float(np.mean(to_ref)),
-               "s_per_video": float(np.median(secs)),
-               "per_seed": {"psnr": psnr, "ssim": ssim, "psnr_to_converged": to_ref}}
-        if fvd:
-            row.update(zip(("fvd", "fvd_std"), mean_and_std(fvd)))
-            row["per_seed"]["fvd"] = fvd
+        row = study.measure_row(cfg, model, ctx, base, generation, sampler, grid, evaluations, seeds, reference,
+                                i3d, real_features)
         rows.append(row)
-        print(f"{sampler:9s} {grid:8s} {nfe:5d} evals | PSNR {row['psnr']:6.2f} +- {row['psnr_std']:.2f} | "
+        print(f"{sampler:9s} {grid:8s} {row['evaluations']:5d} evals | PSNR {row['psnr']:6.2f} +- {row['psnr_std']:.2f} | "
               f"SSIM {row['ssim']:.3f} +- {row['ssim_std']:.3f} | to converged {row['psnr_to_converged']:6.2f} dB | "
-              + (f"FVD {row['fvd']:.0f} +- {row['fvd_std']:.0f} | " if fvd else "")
+              + (f"FVD {row['fvd']:.0f} +- {row['fvd_std']:.0f} | " if "fvd" in row else "")
               + f"{row['s_per_video']:.2f} s/video", flush=True)
         if args.out_dir:  # after every row: hours of sampling survive an interruption
-            kept = {**done, **{row_key(r): r for r in rows}}  # earlier rows stay
-            ordered = [kept[k] for k in sorted(kept, key=lambda k: (list(SAMPLERS).index(k[0]), GRIDS.index(k[1]),
-                                                                      k[2] or 10 ** 9))]
-            write_results(args.out_dir, settings, ordered, format_table(ordered, fvd_head))
-    print(format_table(rows, fvd_head))
+            ordered = study.table_order({**done, **{study.row_key(r): r for r in rows}})  # earlier rows stay
+            study.write_results(args.out_dir, settings, ordered, study.format_table(ordered, fvd_head))
+    print(study.format_table(rows, fvd_head))
     return 0
 
 
