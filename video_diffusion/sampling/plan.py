@@ -8,13 +8,14 @@ and each sample's seed. ``generate`` and every script, study and preview sample 
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..build import create_diffusion
 from ..config import Config
 from ..flags import parse_int_list
-from ..diffusion.gaussian_diffusion import GaussianDiffusion
+from ..diffusion.gaussian_diffusion import GaussianDiffusion, get_named_beta_schedule
 from ..diffusion.masks import frames_mask, prediction_mask, unconditional_mask
 from ..diffusion.respace import karras_timesteps, logsnr_timesteps, section_timesteps, strided_timesteps
 from ..data import create_dataset
@@ -113,7 +114,7 @@ def kept_timesteps(opts: SampleOptions, cfg: Config) -> Optional[set]:
     steps = spec.steps_for(evaluations) if evaluations else num_timesteps
     grid = grid_of(opts)
     if grid != "uniform":
-        abar = create_diffusion(cfg, timestep_respacing="").alphas_cumprod
+        abar = np.cumprod(1.0 - get_named_beta_schedule(cfg.diffusion.noise_schedule, num_timesteps))
         return (karras_timesteps if grid == "karras" else logsnr_timesteps)(abar, min(steps, num_timesteps))
     if steps >= num_timesteps:
         return None
