@@ -107,7 +107,9 @@ def test_sigma_data_skip_passes_near_clean_inputs_through():
                                 dict(norm="channel", output_head="warp", given_frame_input=True, sigma_data=0.5,
                                      predict_xstart=True, patch_size=2, image_size=32),
                                 dict(output_head="warp", given_frame_input=True, warp_input=True, predict_xstart=True),
-                                dict(output_head="warp", given_frame_input=True, warp_gate=True, predict_xstart=True)])
+                                dict(output_head="warp", given_frame_input=True, warp_gate=True, predict_xstart=True),
+                                dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_deadzone=True,
+                                     predict_xstart=True)])
 def test_each_lever_trains(kw):
     torch.manual_seed(0)
     cfg = micro_config(**kw)
@@ -140,8 +142,9 @@ def test_bad_lever_combinations_are_named():
         validate(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, learn_sigma=True))
     with pytest.raises(ValueError, match="--warp_input needs --output_head warp"):
         validate(micro_config(warp_input=True, given_frame_input=True))
-    with pytest.raises(ValueError, match="--warp_gate needs --output_head warp"):
-        validate(micro_config(warp_gate=True, given_frame_input=True))
+    for name in ("warp_gate", "warp_exact", "warp_deadzone"):
+        with pytest.raises(ValueError, match=f"--{name} needs --output_head warp"):
+            validate(micro_config(**{name: True}, given_frame_input=True))
 
 
 def test_the_gate_keeps_the_correction_out_where_the_given_frames_explain_the_warp():
@@ -182,3 +185,26 @@ def test_the_unlearned_warp_is_the_heads_warp_with_nothing_learned_and_feeds_the
     model.head.match = lambda x_, m_, orig=model.head.match: seen.append(orig(x_, m_)) or seen[-1]
     model(x, torch.tensor([5]), obs_mask=m)
     assert len(seen) == 1 and torch.equal(seen[0].unlearned, head.match(x, m).unlearned)
+
+
+def test_the_exact_head_reproduces_a_freely_moving_square_to_the_grey_level_and_the_deadzone_keeps_it():
+    video = _square_video((1, 2))
+    mask = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    grey = 2.0 / 255.0
+    errors = {}
+    for exact in (False, True):
+        head = WarpHead(2, exact=exact)
+        raw = torch.zeros(1, head.num_outputs(3), 6, 16, 16)  # an untrained network's output
+        w = head(raw, head.match(video, mask))[:, 3:]
+        errors[exact] = (w - video)[:, :, 2:].abs().max().item()
+    # sigmoid(3) = 0.953 leaves the black background at grey level 6; the exact head is right to
+    # well under half a level everywhere (it rounds to the true uint8 frame)
+    assert errors[False] > 5 * grey and errors[True] < 0.5 * grey, errors
+    head = WarpHead(2, exact=True, deadzone=True)
+    raw = torch.zeros(1, head.num_outputs(3), 6, 16, 16)
+    f = raw[:, head.num_candidates + 2:]
+    f[:, :, :, :8] = 0.4 * grey  # under a grey level: counts 1%
+    f[:, :, :, 8:] = 0.5  # a real correction passes, less the dead zone
+    out = head(raw, head.match(video, mask))[:, :3]
+    assert torch.allclose(out[:, :, :, :8], torch.full_like(out[:, :, :, :8], 0.004 * grey))
+    assert torch.allclose(out[:, :, :, 8:], torch.full_like(out[:, :, :, 8:], 0.5 - 0.99 * grey))

@@ -39,6 +39,8 @@ def create_model(cfg: Config) -> UNet3D:
         warp_radius=m.warp_radius,
         warp_input=m.warp_input,
         warp_gate=m.warp_gate,
+        warp_exact=m.warp_exact,
+        warp_deadzone=m.warp_deadzone,
         num_classes=m.num_classes or None,
     )
 

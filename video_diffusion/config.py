@@ -58,6 +58,11 @@ class ModelConfig:
                                  "read the prior it corrects")
     warp_gate: bool = _f(False, "--output_head warp: the correction counts only where the given frames do not "
                                 "explain the warp (x_0 = W + (1 - c) F, c the unlearned warp's match confidence)")
+    warp_exact: bool = _f(False, "--output_head warp: the head starts as an exact block matcher: the warp "
+                                 "blended in fully (m = 1, not sigmoid(3)) and a 10x sharper choice of velocity, "
+                                 "so that it reproduces a digit moving freely to the grey level")
+    warp_deadzone: bool = _f(False, "--output_head warp: a correction F under one grey level (2/255) counts 1% "
+                                    "only, so that what the warp gets exactly right stays exact")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -215,8 +220,9 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
     if m.warp_input and m.output_head != "warp":
         raise ValueError("--warp_input needs --output_head warp")
-    if m.warp_gate and m.output_head != "warp":
-        raise ValueError("--warp_gate needs --output_head warp")
+    for name in ("warp_gate", "warp_exact", "warp_deadzone"):
+        if getattr(m, name) and m.output_head != "warp":
+            raise ValueError(f"--{name} needs --output_head warp")
     if m.warp_radius < 0:
         raise ValueError(f"--warp_radius must be >= 0, got {m.warp_radius}")
     if m.output_head == "warp" and not d.predict_xstart:
