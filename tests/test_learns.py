@@ -36,7 +36,7 @@ def test_tiny_preset_predictions_beat_both_baselines(tmp_path):
     env = {**script_env(), "OMP_NUM_THREADS": "2"}
     train = subprocess.run([sys.executable, str(REPO / "scripts" / "video_train.py"), "--preset", "tiny",
                             "--max_steps", str(STEPS), "--sample_interval", "0", "--log_dir", str(tmp_path / "run")],
-                           env=env, capture_output=True, text=True, timeout=900)
+                           env=env, capture_output=True, text=True, timeout=1800)  # a hang guard, not a timing
     assert train.returncode == 0, train.stderr
     for task, extra in (("prediction", ["--num_cond_frames", "2"]), ("infill", ["--cond_frames", "0,7"])):
         proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model_path",
