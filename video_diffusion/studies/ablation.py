@@ -31,7 +31,7 @@ from ..visualize import auto_scale, strip
 # input and the warp head (which needs it) are off in the base so that "b" is the plain
 # mask-input network, and the input is one model of its own ("f"); previews are off (they
 # cost time and measure nothing here).
-STUDY_BASE = {"given_frame_input": False, "output_head": "direct", "sample_interval": 0}
+STUDY_BASE = {"given_frame_input": False, "output_head": "direct", "warp_exact": False, "sample_interval": 0}
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {
