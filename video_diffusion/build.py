@@ -41,6 +41,7 @@ def create_model(cfg: Config) -> UNet3D:
         warp_gate=m.warp_gate,
         warp_exact=m.warp_exact,
         warp_deadzone=m.warp_deadzone,
+        warp_inside_cost=m.warp_inside_cost,
         num_classes=m.num_classes or None,
     )
 

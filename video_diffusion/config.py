@@ -63,6 +63,8 @@ class ModelConfig:
                                  "so that it reproduces a digit moving freely to the grey level")
     warp_deadzone: bool = _f(False, "--output_head warp: a correction F under one grey level (2/255) counts 1% "
                                     "only, so that what the warp gets exactly right stays exact")
+    warp_inside_cost: bool = _f(False, "--output_head warp: the cost volume leaves out reads that fall outside "
+                                       "the frame, instead of reading its border pixel")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -220,7 +222,7 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
     if m.warp_input and m.output_head != "warp":
         raise ValueError("--warp_input needs --output_head warp")
-    for name in ("warp_gate", "warp_exact", "warp_deadzone"):
+    for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost"):
         if getattr(m, name) and m.output_head != "warp":
             raise ValueError(f"--{name} needs --output_head warp")
     if m.warp_radius < 0:

@@ -57,6 +57,7 @@ class UNet3D(nn.Module):
         0 there (at high noise its output follows the noise) then cannot wash out what the warp carries.
     :param warp_exact: the warp head starts as an exact block matcher (``WarpHead(exact=True)``).
     :param warp_deadzone: corrections under one grey level count 1% only (``WarpHead(deadzone=True)``).
+    :param warp_inside_cost: the cost volume leaves out reads from outside the frame (``WarpHead(inside_only=True)``).
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -66,7 +67,8 @@ class UNet3D(nn.Module):
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
                  output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False,
-                 warp_gate: bool = False, warp_exact: bool = False, warp_deadzone: bool = False):
+                 warp_gate: bool = False, warp_exact: bool = False, warp_deadzone: bool = False,
+                 warp_inside_cost: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -76,10 +78,10 @@ class UNet3D(nn.Module):
             raise ValueError("output_head 'warp' needs given_frame_input: it warps the nearest given frame")
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
-        self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone)
-                     if output_head == "warp" else None)
-        if (warp_gate or warp_exact or warp_deadzone) and output_head != "warp":
-            raise ValueError("warp_gate, warp_exact and warp_deadzone need output_head 'warp'")
+        self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
+                              inside_only=warp_inside_cost) if output_head == "warp" else None)
+        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost) and output_head != "warp":
+            raise ValueError("warp_gate, warp_exact, warp_deadzone and warp_inside_cost need output_head 'warp'")
         if warp_input and output_head != "warp":
             raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
         self.warp_input = warp_input

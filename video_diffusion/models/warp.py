@@ -71,6 +71,18 @@ def shifted_reads(frames: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> t
     return torch.gather(src, 4, index).reshape(n, t, k, c, h, w)
 
 
+def inside_reads(h: int, w: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """
+    Which reads of ``shifted_reads`` land inside the frame (the others read its border).
+
+    :param dy: [N, T, K] integer row displacements; ``dx`` likewise for columns.
+    :return: [N, T, K, H, W] bool.
+    """
+    rows = torch.arange(h, device=dy.device)[:, None] + dy[..., None, None]  # [N, T, K, H, 1]
+    cols = torch.arange(w, device=dx.device)[None, :] + dx[..., None, None]  # [N, T, K, 1, W]
+    return ((rows >= 0) & (rows < h)) & ((cols >= 0) & (cols < w))
+
+
 class WarpHead(nn.Module):
     """
     The prediction as the given frames carried on at a constant velocity, blended with a
@@ -100,12 +112,14 @@ class WarpHead(nn.Module):
 
     ``exact`` starts m at exactly 1 (m = min(1, sigmoid(blend + 3) / sigmoid(3))) and beta,
     gamma 10x higher, so that the untrained head reproduces a freely moving digit to the grey
-    level; ``deadzone`` lets a correction under one grey level count 1% only.
+    level; ``deadzone`` lets a correction under one grey level count 1% only; ``inside_only``
+    leaves the reads that fall outside the frame out of the 9 x 9 cost.
     """
 
-    def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False):
+    def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False,
+                 inside_only: bool = False):
         super().__init__()
-        self.gate, self.exact, self.deadzone = gate, exact, deadzone
+        self.gate, self.exact, self.deadzone, self.inside_only = gate, exact, deadzone, inside_only
         if radius < 0:
             raise ValueError(f"warp radius must be >= 0, got {radius}")
         self.radius = radius
@@ -165,8 +179,20 @@ class WarpHead(nn.Module):
             earlier = shifted_reads(torch.gather(frames, 1, partner[:, :, None, None, None].expand_as(frames)),
                                     -lag * vel[None, None, :, 0], -lag * vel[None, None, :, 1])
             cost = (frames[:, :, None] - earlier).square().mean(dim=3)  # [N, T, K, H, W]
-            cost = F.avg_pool2d(cost.reshape(n * t * k, 1, h, w), 9, stride=1, padding=4,
-                                count_include_pad=False).reshape(n, t, k, h, w) * valid[:, :, 1, None, None, None]
+            pool = lambda m: F.avg_pool2d(m.reshape(n * t * k, 1, h, w), 9, stride=1, padding=4,  # noqa: E731
+                                          count_include_pad=False).reshape(n, t, k, h, w)
+            if self.inside_only:
+                # A read from outside the frame says nothing about the velocity: clamped, it reads
+                # the border pixel, and a digit that touched the border in the earlier frame then
+                # spoils the 9 x 9 cost of every pixel near it for the velocity it really has.
+                inside = inside_reads(h, w, -lag * vel[None, None, :, 0], -lag * vel[None, None, :, 1]).float()
+                share = pool(inside)
+                # where most of the patch's reads fall outside, the few left are no evidence (a
+                # few black pixels match anything): such a candidate gets the cost of a mismatch
+                cost = torch.where(share >= 0.5, pool(cost * inside) / share.clamp(min=1e-6), torch.ones_like(share))
+            else:
+                cost = pool(cost)
+            cost = cost * valid[:, :, 1, None, None, None]
             # Motion evidence: how much better the best velocity explains a pixel than standing
             # still. Many velocities explain a target pixel as background that stays; the
             # evidence lets the one that brings a moving object there win (moving things occlude).
