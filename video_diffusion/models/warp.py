@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 # One grey level of a uint8 frame in the [-1, 1] units of the network (``WarpHead(deadzone=True)``).
 DEADZONE = 2.0 / 255.0
+# The warp's blend with nothing learned, sigmoid(3) (``WarpHead(exact=True)`` divides it out).
+_SIGMOID_3 = 1.0 / (1.0 + math.exp(-3.0))
 
 
 def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor):
@@ -235,7 +237,7 @@ class WarpHead(nn.Module):
         m = torch.sigmoid(blend + 3.0)
         if self.exact:  # fully blended in (m = 1) until the network lowers it: sigmoid(3) = 0.953 would
             # leave black at grey level 6, which SSIM on a black background counts heavily
-            m = (m / torch.sigmoid(torch.tensor(3.0))).clamp(max=1.0)
+            m = (m / _SIGMOID_3).clamp(max=1.0)
         m = m * match.valid[:, None, :, 0, None, None]
         prior = m * prior.permute(0, 2, 1, 3, 4)
         return torch.cat([correction, prior.to(raw.dtype)], dim=1)

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import ModelConfig
 from ..evaluation.metrics import mean_and_std
 from ..sampling.options import SampleOptions
 from ..visualize import auto_scale, strip
@@ -31,7 +32,9 @@ from ..visualize import auto_scale, strip
 # input and the warp head (which needs it) are off in the base so that "b" is the plain
 # mask-input network, and the input is one model of its own ("f"); previews are off (they
 # cost time and measure nothing here).
-STUDY_BASE = {"given_frame_input": False, "output_head": "direct", "warp_exact": False, "sample_interval": 0}
+# Every warp-head option goes back to its default with the head, whichever of them the preset sets.
+STUDY_BASE = {"given_frame_input": False, "output_head": "direct", "sample_interval": 0,
+              **{f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name.startswith("warp_")}}
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {
