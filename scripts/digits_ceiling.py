@@ -10,6 +10,10 @@ exact velocity open and the later frames uncertain. This draws samples from that
 posterior (see video_diffusion/evaluation/ceiling.py) and scores them like the harness does:
 PSNR and SSIM over the generated frames, mean and best of --samples_per_video, beside the
 copy-last-frame and black-frame baselines. No model can beat the mean on average.
+
+It also scores the object tracker (video_diffusion/studies/tracker.py), a model-free
+predictor that knows the digits are objects moving at constant velocity and reflecting off
+the borders: what that knowledge alone is worth, between the baselines and the ceiling.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import numpy as np
 from video_diffusion.files import write_json
 from video_diffusion.config import PRESETS, Config, apply_overrides
 from video_diffusion.studies.ceiling import perfect_model_scores
+from video_diffusion.studies.tracker import track
 from video_diffusion.evaluation.quality import copy_last_given, frame_scores
 from video_diffusion.sampling.plan import task_mask, test_dataset
 
@@ -50,7 +55,8 @@ def main(argv=None):
     base = []
     for v in range(args.num_videos):
         gt = data.frames(v)
-        base.append((*frame_scores(copy_last_given(gt, mask), gt, mask), *frame_scores(np.zeros_like(gt), gt, mask)))
+        base.append((*frame_scores(copy_last_given(gt, mask), gt, mask), *frame_scores(np.zeros_like(gt), gt, mask),
+                     *frame_scores(track(gt, given), gt, mask)))
     base = np.array(base).mean(axis=0)
     psnr_mean, psnr_best, ssim_mean, ssim_best = (perfect[k] for k in ("psnr_mean", "psnr_best", "ssim_mean",
                                                                         "ssim_best"))
@@ -59,13 +65,15 @@ def main(argv=None):
               "num_videos": args.num_videos, "samples_per_video": k,
               "perfect_model": perfect,
               "copy_last_given": {"psnr": float(base[0]), "ssim": float(base[1])},
-              "black": {"psnr": float(base[2]), "ssim": float(base[3])}}
+              "black": {"psnr": float(base[2]), "ssim": float(base[3])},
+              "object_tracker": {"psnr": float(base[4]), "ssim": float(base[5])}}
     print(f"{args.task}, given frames {given.tolist()} of {cfg.model.seq_len}, {args.num_videos} held-out videos "
           f"({args.preset} preset's data)")
     print(f"{'':28s} {'PSNR (dB)':>10s} {'SSIM':>7s}")
     print(f"{'perfect model':28s} {psnr_mean:10.2f} {ssim_mean:7.3f}")
     if k > 1:
         print(f"{'perfect model, best of ' + str(k):28s} {psnr_best:10.2f} {ssim_best:7.3f}")
+    print(f"{'object tracker (no model)':28s} {base[4]:10.2f} {base[5]:7.3f}")
     print(f"{'copy last given frame':28s} {base[0]:10.2f} {base[1]:7.3f}")
     print(f"{'black frame':28s} {base[2]:10.2f} {base[3]:7.3f}")
     if args.out:

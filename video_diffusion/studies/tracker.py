@@ -1,0 +1,161 @@
+"""
+A model-free predictor that knows what the embedded digits are: objects on a black
+background, each moving at a constant whole-pixel velocity and reflecting off the borders.
+
+The ink of a given frame is split into objects (8-connected ink, split again where its
+pixels' own block-matching velocities disagree: two digits that touch), each object gets the
+velocity that best explains it from the nearest other given frame (its motion simulated
+between the two with the reflections), and every frame to generate draws each object moved
+on from its nearest given frame, the brighter value where two overlap (as the generator
+draws them). An object's extent is its ink box, which can be a pixel narrower than the
+glyph box the generator reflects, so a bounce can land a pixel off; touching digits that
+move alike stay one object. With one given frame the velocity is open and it copies.
+
+It is a reference, not a model: what knowing the objects and the borders is worth on this
+data, beside the copy-last and black-frame baselines and the perfect model
+(``scripts/digits_ceiling.py`` prints all four on the same held-out videos).
+"""
+
+from typing import List, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def reflect_step(pos: np.ndarray, vel: np.ndarray, limit: np.ndarray):
+    """One frame of motion: ``pos + vel`` reflected into [0, limit] per axis (the velocity flips
+    on the axes that reflected). The same rule as ``MovingDigits.corners``; stepping with the
+    velocity negated runs the motion backwards."""
+    pos = pos + vel
+    low, high = pos < 0, pos > limit
+    pos = np.where(low, -pos, np.where(high, 2 * limit - pos, pos))
+    vel = np.where(low | high, -vel, vel)
+    return np.clip(pos, 0, limit), vel
+
+
+def move(pos: np.ndarray, vel: np.ndarray, limit: np.ndarray, frames: int) -> np.ndarray:
+    """Where a corner at ``pos`` with velocity ``vel`` is ``frames`` frames later (earlier when negative)."""
+    vel = vel if frames >= 0 else -vel
+    for _ in range(abs(frames)):
+        pos, vel = reflect_step(pos, vel, limit)
+    return pos
+
+
+def _box_mean(maps: np.ndarray, size: int) -> np.ndarray:
+    """Mean over a ``size`` x ``size`` window of each map [..., H, W], over the part inside the frame."""
+    x = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+    shape = x.shape
+    out = F.avg_pool2d(x.reshape(-1, 1, *shape[-2:]), size, stride=1, padding=size // 2, count_include_pad=False)
+    return out.reshape(shape).numpy()
+
+
+def _shift(frame: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``frame`` [H, W, C] moved by (dy, dx) whole pixels, black where nothing moves in."""
+    h, w = frame.shape[:2]
+    out = np.zeros_like(frame)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = frame[max(-dy, 0):h + min(-dy, 0),
+                                                                       max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def connected_ink(ink: np.ndarray) -> np.ndarray:
+    """Labels [H, W] of the 8-connected regions of a boolean map (0 = background, 1.. = regions)."""
+    h, w = ink.shape
+    label = np.where(ink, np.arange(1, h * w + 1).reshape(h, w), 0)
+    while True:  # every region takes its largest pixel index, spread one neighbour per pass
+        padded = np.pad(label, 1)
+        grown = np.max([padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+        grown = np.where(ink, grown, 0)
+        if (grown == label).all():
+            break
+        label = grown
+    _, label = np.unique(label, return_inverse=True)  # 0 stays 0: it is the smallest value
+    return label.reshape(h, w)
+
+
+def segment(frame: np.ndarray, partner: np.ndarray, lag: int, radius: int) -> List[np.ndarray]:
+    """
+    The objects of ``frame``: boolean masks [H, W], one per object.
+
+    :param frame: [H, W, C] float, the given frame to split.
+    :param partner: [H, W, C] float, another given frame, ``lag`` frames before ``frame``
+        (after it when negative); None to split by connectivity alone.
+    :param radius: the largest velocity component, in pixels per frame.
+    """
+    regions = connected_ink(frame.max(axis=-1) > 0)
+    if partner is None:
+        return [regions == r for r in range(1, regions.max() + 1)]
+    # the velocities present: each pixel's best over its 9 x 9 patch (one pixel's colour is matched
+    # by many wrong velocities, a patch's rarely)
+    velocities = [(vy, vx) for vy in range(-radius, radius + 1) for vx in range(-radius, radius + 1)]
+    costs = np.stack([((frame - _shift(partner, lag * vy, lag * vx)) ** 2).mean(axis=-1) for vy, vx in velocities])
+    pooled = _box_mean(costs, 9)
+    own = pooled.argmin(axis=0)
+    objects = []
+    for r in range(1, regions.max() + 1):
+        region = regions == r
+        values, counts = np.unique(own[region], return_counts=True)
+        major = values[counts >= 0.2 * region.sum()]  # a velocity held by a fifth of the region is an object
+        if len(major) <= 1:
+            objects.append(region)
+            continue
+        # two objects touch: each pixel joins the one whose velocity explains the pixel itself best
+        # (near the seam a 9 x 9 patch sees both); the patch cost only breaks ties (cost units are
+        # squared grey levels, so a pixel's own mismatch is >= 1/3 and the patch term stays below it)
+        which = (costs[major][:, region] + 1e-6 * pooled[major][:, region]).argmin(axis=0)
+        ys, xs = np.nonzero(region)
+        for k in range(len(major)):
+            mask = np.zeros_like(region)
+            mask[ys[which == k], xs[which == k]] = True
+            if mask.any():
+                objects.append(mask)
+    return objects
+
+
+def track(video: np.ndarray, given: Sequence[int], radius: int = 3) -> np.ndarray:
+    """
+    Every frame of ``video`` predicted from its given frames alone.
+
+    :param video: uint8 [T, H, W, C]; only the frames in ``given`` are read.
+    :param given: indices of the given frames (at least one).
+    :param radius: the largest velocity component tried, in pixels per frame.
+    :return: uint8 [T, H, W, C], the given frames as they are.
+    """
+    given = sorted(int(g) for g in given)
+    if not given:
+        raise ValueError("the object tracker needs at least one given frame")
+    t, h, w, c = video.shape
+    frames = video.astype(np.float32)
+    out = np.zeros_like(frames)
+    # each frame's nearest given frame (the earlier one on a tie), and each source's nearest other given frame
+    source = {f: min(given, key=lambda g: (abs(g - f), g)) for f in range(t) if f not in given}
+    for s in sorted(set(source.values())):
+        others = [g for g in given if g != s]
+        partner = min(others, key=lambda g: (abs(g - s), g)) if others else None
+        targets = [f for f, src in source.items() if src == s]
+        lag = 0 if partner is None else s - partner
+        for mask in segment(frames[s], None if partner is None else frames[partner], lag, radius):
+            ys, xs = np.nonzero(mask)
+            corner = np.array([ys.min(), xs.min()])
+            size = np.array([ys.max() + 1, xs.max() + 1]) - corner
+            limit = np.array([h, w]) - size
+            patch = np.where(mask[..., None], frames[s], 0)[corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]]
+            velocity = np.zeros(2, dtype=np.int64)
+            if partner is not None:
+                best = np.inf
+                for vy in range(-radius, radius + 1):
+                    for vx in range(-radius, radius + 1):
+                        v = np.array([vy, vx])
+                        y, x = move(corner, v, limit, partner - s)
+                        read = frames[partner, y:y + size[0], x:x + size[1]]
+                        cost = ((read - patch) ** 2)[mask[corner[0]:corner[0] + size[0],
+                                                          corner[1]:corner[1] + size[1]]].mean()
+                        if cost < best - 1e-6:  # on a tie the first candidate tried stays
+                            best, velocity = cost, v
+            for f in targets:
+                y, x = move(corner, velocity, limit, f - s)
+                region = out[f, y:y + size[0], x:x + size[1]]
+                np.maximum(region, patch, out=region)
+    out[given] = frames[given]
+    return np.round(out).astype(np.uint8)
