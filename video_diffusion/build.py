@@ -42,6 +42,7 @@ def create_model(cfg: Config) -> UNet3D:
         warp_exact=m.warp_exact,
         warp_deadzone=m.warp_deadzone,
         warp_inside_cost=m.warp_inside_cost,
+        warp_objects=m.warp_objects,
         num_classes=m.num_classes or None,
     )
 

@@ -65,6 +65,8 @@ class ModelConfig:
                                     "only, so that what the warp gets exactly right stays exact")
     warp_inside_cost: bool = _f(False, "--output_head warp: the cost volume leaves out reads that fall outside "
                                        "the frame, instead of reading its border pixel")
+    warp_objects: bool = _f(False, "--output_head warp: the warp is the object tracker's prediction (objects moved on, "
+                            "reflecting off the borders) instead of the block matcher's")
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 

@@ -68,7 +68,7 @@ class UNet3D(nn.Module):
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
                  output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False,
                  warp_gate: bool = False, warp_exact: bool = False, warp_deadzone: bool = False,
-                 warp_inside_cost: bool = False):
+                 warp_inside_cost: bool = False, warp_objects: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -79,7 +79,7 @@ class UNet3D(nn.Module):
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
         self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
-                              inside_only=warp_inside_cost) if output_head == "warp" else None)
+                              inside_only=warp_inside_cost, objects=warp_objects) if output_head == "warp" else None)
         if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost) and output_head != "warp":
             raise ValueError("warp_gate, warp_exact, warp_deadzone and warp_inside_cost need output_head 'warp'")
         if warp_input and output_head != "warp":

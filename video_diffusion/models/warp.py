@@ -119,9 +119,10 @@ class WarpHead(nn.Module):
     """
 
     def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False,
-                 inside_only: bool = False):
+                 inside_only: bool = False, objects: bool = False):
         super().__init__()
         self.gate, self.exact, self.deadzone, self.inside_only = gate, exact, deadzone, inside_only
+        self.objects = objects
         if radius < 0:
             raise ValueError(f"warp radius must be >= 0, got {radius}")
         self.radius = radius
@@ -208,6 +209,8 @@ class WarpHead(nn.Module):
             # where its velocity matches them exactly, towards 0 where no velocity does (an
             # occlusion, a bounce) or where one given frame leaves the velocity open.
             confidence = torch.exp(-self.log_beta.exp() * (chosen * cost).sum(dim=2)) * valid[:, :, 1, None, None]
+        if self.objects:
+            unlearned = tracked(x, obs_mask, self.radius).permute(0, 2, 1, 3, 4)
         return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
                          unlearned=unlearned.permute(0, 2, 1, 3, 4).to(x.dtype),
                          confidence=confidence[:, None].to(x.dtype))
@@ -234,6 +237,8 @@ class WarpHead(nn.Module):
                  + match.along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
         weights = torch.softmax(score, dim=2)
         prior = (weights[:, :, :, None] * match.content).sum(dim=2)  # [N, T, C, H, W]
+        if self.objects:  # the object tracker's prediction; the candidates' logits are not used
+            prior = match.unlearned.permute(0, 2, 1, 3, 4).float()
         m = torch.sigmoid(blend + 3.0)
         if self.exact:  # fully blended in (m = 1) until the network lowers it: sigmoid(3) = 0.953 would
             # leave black at grey level 6, which SSIM on a black background counts heavily
@@ -241,6 +246,21 @@ class WarpHead(nn.Module):
         m = m * match.valid[:, None, :, 0, None, None]
         prior = m * prior.permute(0, 2, 1, 3, 4)
         return torch.cat([correction, prior.to(raw.dtype)], dim=1)
+
+
+def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """The object tracker's prediction of every video from its given frames, [N, C, T, H, W] in
+    [-1, 1] (zeros for a video with no given frame)."""
+    from ..studies.tracker import track
+
+    out = torch.zeros_like(x, dtype=torch.float32)
+    frames = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    for i in range(x.shape[0]):
+        given = torch.nonzero(obs_mask[i]).flatten().tolist()
+        if given:
+            pred = torch.from_numpy(track(frames[i], given, radius)).to(x.device)
+            out[i] = pred.permute(3, 0, 1, 2).float() / 127.5 - 1
+    return out
 
 
 @dataclass
