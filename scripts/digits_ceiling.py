@@ -11,7 +11,7 @@ posterior (see video_diffusion/evaluation/ceiling.py) and scores them like the h
 PSNR and SSIM over the generated frames, mean and best of --samples_per_video, beside the
 copy-last-frame and black-frame baselines. No model can beat the mean on average.
 
-It also scores the object tracker (video_diffusion/studies/tracker.py), a model-free
+It also scores the object tracker (video_diffusion/models/tracker.py), a model-free
 predictor that knows the digits are objects moving at constant velocity and reflecting off
 the borders: what that knowledge alone is worth, between the baselines and the ceiling.
 """
@@ -23,7 +23,7 @@ import numpy as np
 from video_diffusion.files import write_json
 from video_diffusion.config import PRESETS, Config, apply_overrides
 from video_diffusion.studies.ceiling import perfect_model_scores
-from video_diffusion.studies.tracker import track
+from video_diffusion.models.tracker import track
 from video_diffusion.evaluation.quality import copy_last_given, frame_scores
 from video_diffusion.sampling.plan import task_mask, test_dataset
 

@@ -109,7 +109,9 @@ def test_sigma_data_skip_passes_near_clean_inputs_through():
                                 dict(output_head="warp", given_frame_input=True, warp_input=True, predict_xstart=True),
                                 dict(output_head="warp", given_frame_input=True, warp_gate=True, predict_xstart=True),
                                 dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_deadzone=True,
-                                     warp_inside_cost=True, predict_xstart=True)])
+                                     warp_inside_cost=True, predict_xstart=True),
+                                dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_objects=True,
+                                     predict_xstart=True)])
 def test_each_lever_trains(kw):
     torch.manual_seed(0)
     cfg = micro_config(**kw)
@@ -142,7 +144,7 @@ def test_bad_lever_combinations_are_named():
         validate(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, learn_sigma=True))
     with pytest.raises(ValueError, match="--warp_input needs --output_head warp"):
         validate(micro_config(warp_input=True, given_frame_input=True))
-    for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost"):
+    for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost", "warp_objects"):
         with pytest.raises(ValueError, match=f"--{name} needs --output_head warp"):
             validate(micro_config(**{name: True}, given_frame_input=True))
 
@@ -226,3 +228,35 @@ def test_reads_from_outside_the_frame_are_left_out_of_the_cost():
     # clamped, the reads above the frame return the square's own top row, so its true velocity
     # looks wrong near the border and part of it is lost; left out, the square is carried exactly
     assert errors[False] > 0.5 and errors[True] < 1e-5, errors
+
+
+def test_the_object_head_starts_as_the_tracker_and_carries_a_bounce():
+    # a square moving right 2 px per frame from x = 9 in a 16 px frame: it reflects off the border
+    video = -torch.ones(1, 3, 6, 16, 16)
+    x = [9, 11, 11, 9, 7, 5]  # the generator's rule: 13 is past the limit 12 and reflects to 11
+    for f in range(6):  # a colour on the uint8 grid, as data frames are
+        video[0, :, f, 5:9, x[f]:x[f] + 4] = (torch.tensor([230.0, 102, 178]) / 127.5 - 1)[:, None, None]
+    mask = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    errors = {}
+    for objects in (False, True):
+        head = WarpHead(2, exact=True, objects=objects)
+        raw = torch.zeros(1, head.num_outputs(3), 6, 16, 16)  # an untrained network's output
+        errors[objects] = (head(raw, head.match(video, mask))[:, 3:] - video)[:, :, 2:].abs().max().item()
+    # the block matcher carries the square on into the border; the tracker reflects it exactly
+    assert errors[False] > 0.5 and errors[True] < 1e-6, errors
+
+
+def test_the_tracker_runs_once_for_the_same_given_frames(monkeypatch):
+    from video_diffusion.models import warp
+
+    video = _square_video((1, 2))
+    mask = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    memo, calls = {}, []
+    original = warp.track
+    monkeypatch.setattr(warp, "track", lambda *a: calls.append(1) or original(*a))
+    first = warp.tracked(video, mask, 2, memo)
+    noisy = video.clone()
+    noisy[:, :, 2:] = torch.randn_like(noisy[:, :, 2:])  # a sampler's next call: other noise, same given frames
+    assert warp.tracked(noisy, mask, 2, memo) is first and len(calls) == 1
+    moved = video.roll(1, dims=-1)
+    assert not torch.equal(warp.tracked(moved, mask, 2, memo), first) and len(calls) == 2

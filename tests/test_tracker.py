@@ -10,7 +10,7 @@ from conftest import REPO
 
 from video_diffusion.data.synthetic import Digit, MovingDigits
 from video_diffusion.evaluation.quality import copy_last_given
-from video_diffusion.studies.tracker import connected_ink, move, reflect_step, segment, track
+from video_diffusion.models.tracker import connected_ink, move, reflect_step, segment, track
 
 
 def test_motion_is_the_generators_and_runs_backwards():

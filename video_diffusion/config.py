@@ -224,7 +224,7 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
     if m.warp_input and m.output_head != "warp":
         raise ValueError("--warp_input needs --output_head warp")
-    for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost"):
+    for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost", "warp_objects"):
         if getattr(m, name) and m.output_head != "warp":
             raise ValueError(f"--{name} needs --output_head warp")
     if m.warp_radius < 0:

@@ -15,7 +15,8 @@ from typing import Any, Dict
 # having to discover motion (the lever that makes predictions keep their digits).
 _CPU_RECIPE = dict(image_size=32, seq_len=8, patch_size=2, num_res_blocks=1, channel_mult="1,2",
                    attention_resolutions="8", attention_type="full", num_heads=4, given_frame_input=True,
-                   norm="channel", output_head="warp", warp_exact=True, predict_xstart=True, noise_schedule="cosine",
+                   norm="channel", output_head="warp", warp_exact=True, warp_objects=True, predict_xstart=True,
+                   noise_schedule="cosine",
                    max_num_mask_frames=3, uncondition_rate=0.25, lr=1e-3, lr_warmup_steps=100, batch_size=8,
                    sample_cond_frames=2)
 

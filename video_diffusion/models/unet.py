@@ -58,6 +58,7 @@ class UNet3D(nn.Module):
     :param warp_exact: the warp head starts as an exact block matcher (``WarpHead(exact=True)``).
     :param warp_deadzone: corrections under one grey level count 1% only (``WarpHead(deadzone=True)``).
     :param warp_inside_cost: the cost volume leaves out reads from outside the frame (``WarpHead(inside_only=True)``).
+    :param warp_objects: the warp is the object tracker's prediction (``WarpHead(objects=True)``).
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -80,8 +81,9 @@ class UNet3D(nn.Module):
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
         self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
                               inside_only=warp_inside_cost, objects=warp_objects) if output_head == "warp" else None)
-        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost) and output_head != "warp":
-            raise ValueError("warp_gate, warp_exact, warp_deadzone and warp_inside_cost need output_head 'warp'")
+        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects) and output_head != "warp":
+            raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost and warp_objects need output_head "
+                             "'warp'")
         if warp_input and output_head != "warp":
             raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
         self.warp_input = warp_input

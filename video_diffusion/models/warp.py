@@ -8,9 +8,12 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .tracker import track
 
 # One grey level of a uint8 frame in the [-1, 1] units of the network (``WarpHead(deadzone=True)``).
 DEADZONE = 2.0 / 255.0
@@ -115,7 +118,10 @@ class WarpHead(nn.Module):
     ``exact`` starts m at exactly 1 (m = min(1, sigmoid(blend + 3) / sigmoid(3))) and beta,
     gamma 10x higher, so that the untrained head reproduces a freely moving digit to the grey
     level; ``deadzone`` lets a correction under one grey level count 1% only; ``inside_only``
-    leaves the reads that fall outside the frame out of the 9 x 9 cost.
+    leaves the reads that fall outside the frame out of the 9 x 9 cost; ``objects`` replaces the
+    per-pixel choice by the object tracker's prediction (``tracker.track``: objects moved on,
+    reflecting off the borders; W_0 = it, the candidates' logits unused), for data of objects on
+    a black background. It runs on the CPU, per video, on every call.
     """
 
     def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False,
@@ -123,6 +129,7 @@ class WarpHead(nn.Module):
         super().__init__()
         self.gate, self.exact, self.deadzone, self.inside_only = gate, exact, deadzone, inside_only
         self.objects = objects
+        self._tracked = {}  # the last batch's tracker prediction (``tracked``)
         if radius < 0:
             raise ValueError(f"warp radius must be >= 0, got {radius}")
         self.radius = radius
@@ -210,7 +217,7 @@ class WarpHead(nn.Module):
             # occlusion, a bounce) or where one given frame leaves the velocity open.
             confidence = torch.exp(-self.log_beta.exp() * (chosen * cost).sum(dim=2)) * valid[:, :, 1, None, None]
         if self.objects:
-            unlearned = tracked(x, obs_mask, self.radius).permute(0, 2, 1, 3, 4)
+            unlearned = tracked(x, obs_mask, self.radius, self._tracked).permute(0, 2, 1, 3, 4)
         return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
                          unlearned=unlearned.permute(0, 2, 1, 3, 4).to(x.dtype),
                          confidence=confidence[:, None].to(x.dtype))
@@ -248,18 +255,30 @@ class WarpHead(nn.Module):
         return torch.cat([correction, prior.to(raw.dtype)], dim=1)
 
 
-def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """The object tracker's prediction of every video from its given frames, [N, C, T, H, W] in
-    [-1, 1] (zeros for a video with no given frame)."""
-    from ..studies.tracker import track
+def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = None) -> torch.Tensor:
+    """
+    The object tracker's prediction of every video from its given frames (zeros for a video
+    with no given frame).
 
-    out = torch.zeros_like(x, dtype=torch.float32)
+    :param x: [N, C, T, H, W] in [-1, 1], the given frames holding their clean values.
+    :param obs_mask: [N, T], 1 on given frames.
+    :param memo: a dict that keeps the last call's result: a sampler calls the network many times
+        on the same given frames, and the tracker reads nothing else.
+    :return: [N, C, T, H, W] float32 in [-1, 1].
+    """
+    given = obs_mask.detach().bool().cpu().numpy()
     frames = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+    frames = frames * given[:, :, None, None, None]
+    key = (frames.tobytes(), given.tobytes(), radius, x.device)
+    if memo is not None and memo.get("key") == key:
+        return memo["value"]
+    out = torch.zeros(x.shape, dtype=torch.float32)
     for i in range(x.shape[0]):
-        given = torch.nonzero(obs_mask[i]).flatten().tolist()
-        if given:
-            pred = torch.from_numpy(track(frames[i], given, radius)).to(x.device)
-            out[i] = pred.permute(3, 0, 1, 2).float() / 127.5 - 1
+        if given[i].any():
+            out[i] = torch.from_numpy(track(frames[i], np.flatnonzero(given[i]), radius)).permute(3, 0, 1, 2) / 127.5 - 1
+    out = out.to(x.device)
+    if memo is not None:
+        memo.update(key=key, value=out)
     return out
 
 

@@ -11,9 +11,10 @@ draws them). An object's extent is its ink box, which can be a pixel narrower th
 glyph box the generator reflects, so a bounce can land a pixel off; touching digits that
 move alike stay one object. With one given frame the velocity is open and it copies.
 
-It is a reference, not a model: what knowing the objects and the borders is worth on this
-data, beside the copy-last and black-frame baselines and the perfect model
-(``scripts/digits_ceiling.py`` prints all four on the same held-out videos).
+It is a reference, what knowing the objects and the borders is worth on this data, beside
+the copy-last and black-frame baselines and the perfect model (``scripts/digits_ceiling.py``
+prints all four on the same held-out videos), and, with ``--warp_objects``, the warp head's
+prior: the network then learns to correct it.
 """
 
 from typing import List, Sequence
