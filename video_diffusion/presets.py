@@ -10,9 +10,11 @@ from typing import Any, Dict
 # noise after this budget), 2x2 pixel patches folded into channels so the UNet runs at 16x16
 # and 8x8 (about 3x the videos per second), full space-time attention at 8x8, the nearest
 # given frame as input, lr 1e-3 with warm-up; normalisation across channels (GroupNorm over
-# the video removes a digit's colour) and the warp head, which carries the given frames on at
-# the velocity a cost volume finds, so the network starts from moving digits instead of
-# having to discover motion (the lever that makes predictions keep their digits).
+# the video removes a digit's colour) and the warp head, which carries the given frames on
+# (the lever that makes predictions keep their digits), here with the object tracker's
+# prediction as the warp: each object of the given frames moved on at its velocity and
+# reflected off the borders, so the network starts from moving, bouncing digits instead of
+# having to discover motion, and learns to correct it.
 _CPU_RECIPE = dict(image_size=32, seq_len=8, patch_size=2, num_res_blocks=1, channel_mult="1,2",
                    attention_resolutions="8", attention_type="full", num_heads=4, given_frame_input=True,
                    norm="channel", output_head="warp", warp_exact=True, warp_objects=True, predict_xstart=True,
