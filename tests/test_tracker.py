@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from video_diffusion.data.synthetic import Digit, MovingDigits
+from video_diffusion.data.synthetic import Digit, MovingDigits, reflect_step
 from video_diffusion.evaluation.quality import copy_last_given
-from video_diffusion.models.tracker import connected_ink, move, reflect_step, segment, track
+from video_diffusion.models.tracker import connected_ink, move, segment, track
 
 
 def test_motion_is_the_generators_and_runs_backwards():
@@ -79,6 +79,10 @@ def test_one_given_frame_copies_and_no_given_frame_is_an_error():
     assert (track(video, [0]) == copy_last_given(video, mask)).all()
     with pytest.raises(ValueError, match="at least one given frame"):
         track(video, [])
+    with pytest.raises(ValueError, match="not all in the video's 8 frames"):
+        track(video, [0, 8])
+    with pytest.raises(ValueError, match=r"uint8 video \[T, H, W, C\]"):
+        track(video[0], [0])
 
 
 def test_digits_ceiling_reports_the_tracker(tmp_path):

@@ -24,6 +24,23 @@ from PIL import Image, ImageDraw, ImageFont
 SPEED = (0.04, 0.1)
 
 
+def reflect_step(pos: np.ndarray, vel: np.ndarray, limit: np.ndarray):
+    """
+    One frame of a digit's motion: ``pos + vel`` reflected off the borders into [0, limit] per
+    axis (a position is below 0 or above the limit, never both), the velocity flipped on the axes
+    that reflected. Stepping with the velocity negated runs the motion backwards.
+
+    :param pos: [..., 2] top-left corners; ``vel`` [..., 2] whole pixels per frame.
+    :param limit: [2] the largest corner that keeps the glyph inside.
+    :return: (pos, vel) one frame later.
+    """
+    pos = pos + vel
+    low, high = pos < 0, pos > limit
+    pos = np.where(low, -pos, np.where(high, 2 * limit - pos, pos))
+    vel = np.where(low | high, -vel, vel)
+    return np.clip(pos, 0, limit), vel
+
+
 class Digit(NamedTuple):
     glyph: np.ndarray  # [h, w] in [0, 1]
     colour: np.ndarray  # [C] in [0.4, 1] (ones for grayscale)
@@ -133,12 +150,7 @@ class MovingDigits(torch.utils.data.Dataset):
         out = np.zeros((*pos.shape[:-1], num_frames, 2), dtype=np.int64)
         for f in range(num_frames):
             out[..., f, :] = pos
-            pos = pos + vel
-            # reflect off the borders (a position is below 0 or above the limit, never both)
-            low, high = pos < 0, pos > limits
-            pos = np.where(low, -pos, np.where(high, 2 * limits - pos, pos))
-            vel = np.where(low | high, -vel, vel)
-            pos = np.clip(pos, 0, limits)
+            pos, vel = reflect_step(pos, vel, limits)
         return out
 
     def render(self, digits: Sequence[Digit], corners: Sequence[np.ndarray]) -> np.ndarray:

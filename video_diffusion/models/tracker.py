@@ -23,16 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def reflect_step(pos: np.ndarray, vel: np.ndarray, limit: np.ndarray):
-    """One frame of motion: ``pos + vel`` reflected into [0, limit] per axis (the velocity flips
-    on the axes that reflected). The same rule as ``MovingDigits.corners``; stepping with the
-    velocity negated runs the motion backwards."""
-    pos = pos + vel
-    low, high = pos < 0, pos > limit
-    pos = np.where(low, -pos, np.where(high, 2 * limit - pos, pos))
-    vel = np.where(low | high, -vel, vel)
-    return np.clip(pos, 0, limit), vel
+from ..data.synthetic import reflect_step
 
 
 def move(pos: np.ndarray, vel: np.ndarray, limit: np.ndarray, frames: int) -> np.ndarray:
@@ -123,10 +114,14 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3) -> np.ndarra
     :param radius: the largest velocity component tried, in pixels per frame.
     :return: uint8 [T, H, W, C], the given frames as they are.
     """
+    if video.ndim != 4 or video.dtype != np.uint8:
+        raise ValueError(f"the object tracker takes a uint8 video [T, H, W, C], got {video.dtype} of shape {video.shape}")
+    t, h, w, c = video.shape
     given = sorted(int(g) for g in given)
     if not given:
         raise ValueError("the object tracker needs at least one given frame")
-    t, h, w, c = video.shape
+    if given[0] < 0 or given[-1] >= t:
+        raise ValueError(f"given frames {given} are not all in the video's {t} frames")
     frames = video.astype(np.float32)
     out = np.zeros_like(frames)
     # each frame's nearest given frame (the earlier one on a tie), and each source's nearest other given frame

@@ -216,10 +216,10 @@ class WarpHead(nn.Module):
             # where its velocity matches them exactly, towards 0 where no velocity does (an
             # occlusion, a bounce) or where one given frame leaves the velocity open.
             confidence = torch.exp(-self.log_beta.exp() * (chosen * cost).sum(dim=2)) * valid[:, :, 1, None, None]
-        if self.objects:
-            unlearned = tracked(x, obs_mask, self.radius, self._tracked).permute(0, 2, 1, 3, 4)
+        unlearned = (tracked(x, obs_mask, self.radius, self._tracked) if self.objects
+                     else unlearned.permute(0, 2, 1, 3, 4))
         return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
-                         unlearned=unlearned.permute(0, 2, 1, 3, 4).to(x.dtype),
+                         unlearned=unlearned.to(x.dtype),
                          confidence=confidence[:, None].to(x.dtype))
 
     def forward(self, raw: torch.Tensor, match: "WarpMatch") -> torch.Tensor:
@@ -239,19 +239,20 @@ class WarpHead(nn.Module):
             correction = correction - 0.99 * small
         if self.gate:  # the correction acts where the given frames do not explain the warp
             correction = correction * (1 - match.confidence)
-        score = (logits.permute(0, 2, 1, 3, 4) - self.log_beta.exp() * match.cost
-                 + self.log_gamma.exp() * match.evidence
-                 + match.along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
-        weights = torch.softmax(score, dim=2)
-        prior = (weights[:, :, :, None] * match.content).sum(dim=2)  # [N, T, C, H, W]
         if self.objects:  # the object tracker's prediction; the candidates' logits are not used
-            prior = match.unlearned.permute(0, 2, 1, 3, 4).float()
+            prior = match.unlearned.float()  # [N, C, T, H, W]
+        else:
+            score = (logits.permute(0, 2, 1, 3, 4) - self.log_beta.exp() * match.cost
+                     + self.log_gamma.exp() * match.evidence
+                     + match.along(salience.permute(0, 2, 1, 3, 4))[:, :, :, 0])
+            weights = torch.softmax(score, dim=2)
+            prior = (weights[:, :, :, None] * match.content).sum(dim=2).permute(0, 2, 1, 3, 4)  # [N, C, T, H, W]
         m = torch.sigmoid(blend + 3.0)
         if self.exact:  # fully blended in (m = 1) until the network lowers it: sigmoid(3) = 0.953 would
             # leave black at grey level 6, which SSIM on a black background counts heavily
             m = (m / _SIGMOID_3).clamp(max=1.0)
         m = m * match.valid[:, None, :, 0, None, None]
-        prior = m * prior.permute(0, 2, 1, 3, 4)
+        prior = m * prior
         return torch.cat([correction, prior.to(raw.dtype)], dim=1)
 
 
