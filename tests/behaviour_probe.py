@@ -1,6 +1,7 @@
 """
 What the project does, through its command line only: trains two micro models for 20 steps
-and samples them with every sampler on every task (plus guidance, replacement with
+on a folder of videos it writes (so that a change of the embedded generator's videos does
+not count as a change of behaviour) and samples them with every sampler on every task (plus guidance, replacement with
 resampling and a rolled-out video), writing the losses, the weights and the sample files
 into OUT. ``test_unchanged_behaviour.py`` runs it on the code before the restructuring
 (``git archive``) and on today's, and compares the results bit for bit.
@@ -76,6 +77,21 @@ def record_float_videos() -> list:
     raise RuntimeError("no to_uint8 in the generation code: update the probe for the new layout")
 
 
+def write_videos(folder: Path, count: int, seed: int) -> None:
+    """``count`` videos of a coloured square moving by whole pixels, as npz files: data of the
+    probe's own, so that both trees read the same videos whatever their embedded generator draws."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        video = np.zeros((8, 16, 16, 3), dtype=np.uint8)
+        y, x = rng.integers(5, 7, size=2)  # never above or left of the frame; cut at its far side
+        vy, vx = rng.integers(-1, 2, size=2)
+        colour = rng.integers(100, 256, size=3)
+        for f in range(8):
+            video[f, y + vy * f + 2:y + vy * f + 6, x + vx * f + 2:x + vx * f + 6] = colour
+        np.savez(folder / f"video_{i:03d}.npz", video=video)
+
+
 def main(root: Path, out: Path) -> None:
     sys.path.insert(0, str(root))
     import torch
@@ -84,10 +100,12 @@ def main(root: Path, out: Path) -> None:
     train, sample = script(root, "video_train"), script(root, "video_sample")
     floats = record_float_videos()
     summary = {}
+    write_videos(out / "data" / "train", 24, seed=0)
+    write_videos(out / "data" / "test", 4, seed=1)
     for model, flags in MODELS.items():
         run = out / model
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train.main(MICRO + flags + ["--log_dir", str(run)])
+            train.main(MICRO + flags + ["--log_dir", str(run), "--data_dir", str(out / "data" / "train")])
         with open(run / "progress.csv", newline="") as f:
             summary[model] = [row["loss"] for row in csv.DictReader(f)]
         ckpt = run / "ckpt_0000020.pt"
@@ -97,7 +115,8 @@ def main(root: Path, out: Path) -> None:
             floats.clear()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 sample.main(["--model_path", str(ckpt), "--out_dir", str(out / "samples" / model / job),
-                             "--num_samples", "3", "--batch_size", "2", "--seed", "7"] + job_flags)
+                             "--num_samples", "3", "--batch_size", "2", "--seed", "7",
+                             "--data_dir", str(out / "data" / "test")] + job_flags)
             np.savez(out / "samples" / model / job / "floats.npz", *floats)
     (out / "losses.json").write_text(json.dumps(summary))
 

@@ -63,6 +63,25 @@ def test_digit_motion_is_whole_pixels_and_two_frames_determine_it():
     assert checked > 500 and bounces > 100  # many digits, many of them bouncing later
 
 
+def test_a_digit_bounces_when_its_ink_touches_the_border():
+    # each glyph is cropped to its ink: the box the generator reflects is the box the frames show
+    data = MovingDigits(32, 12, seed=4)
+    assert data.fingerprint()["glyphs"] == "ink"
+    for glyph in data.glyphs:
+        assert glyph[0].any() and glyph[-1].any() and glyph[:, 0].any() and glyph[:, -1].any()
+    touched = 0
+    for index in range(100):
+        video = data.frames(index)
+        for digit, corners in ((d, data.corners(d, 12)) for d in data.scene(index)):
+            limit = np.array(data.limits(digit.glyph))
+            at_border = ((corners == 0) | (corners == limit)).any(axis=1)
+            touched += int(at_border.any())
+            for f in np.flatnonzero(at_border):  # the ink reaches the frame's edge there
+                edges = (video[f, 0].any(), video[f, -1].any(), video[f, :, 0].any(), video[f, :, -1].any())
+                assert any(edges), (index, f)
+    assert touched > 20
+
+
 def test_still_digits_do_not_move_and_say_so_in_the_fingerprint():
     moving, still = MovingDigits(32, 6, seed=1), MovingDigits(32, 6, seed=1, still=True)
     frames = still.frames(3)

@@ -253,10 +253,31 @@ def test_the_tracker_runs_once_for_the_same_given_frames(monkeypatch):
     mask = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
     memo, calls = {}, []
     original = warp.track
-    monkeypatch.setattr(warp, "track", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(warp, "track", lambda *a, **k: calls.append(1) or original(*a, **k))
     first = warp.tracked(video, mask, 2, memo)
     noisy = video.clone()
     noisy[:, :, 2:] = torch.randn_like(noisy[:, :, 2:])  # a sampler's next call: other noise, same given frames
     assert warp.tracked(noisy, mask, 2, memo) is first and len(calls) == 1
     moved = video.roll(1, dims=-1)
-    assert not torch.equal(warp.tracked(moved, mask, 2, memo), first) and len(calls) == 2
+    assert not torch.equal(warp.tracked(moved, mask, 2, memo)[0], first[0]) and len(calls) == 2
+
+
+def test_the_gated_object_head_keeps_what_the_tracker_explains_and_corrects_the_rest():
+    # a textured square moving at (1, 2): the tracker explains it; the same square changing colour
+    # between the given frames is not explained (nothing moved on redraws the second frame)
+    video = _square_video((1, 2))
+    on_grid = ((video + 1) * 127.5).round() / 127.5 - 1  # the tracker works on uint8 levels
+    raw = torch.randn(1, WarpHead(2).num_outputs(3), 6, 16, 16)  # an arbitrary network output
+    two, one = torch.tensor([[1.0, 1, 0, 0, 0, 0]]), torch.tensor([[1.0, 0, 0, 0, 0, 0]])
+    head = WarpHead(2, exact=True, objects=True, gate=True)
+    correction, prior = head(raw, head.match(video, two)).split(3, dim=1)
+    # explained: x_0 = W_0 exactly, whatever the network says
+    assert torch.equal(correction[:, :, 2:], torch.zeros_like(correction[:, :, 2:]))
+    assert (prior - on_grid)[:, :, 2:].abs().max() < 1e-6
+    # one given frame: nothing to explain it by, so the network's correction and blend pass whole
+    correction, _ = head(raw, head.match(video, one)).split(3, dim=1)
+    assert torch.equal(correction[:, :, 1:], raw[:, -3:, 1:])
+    changed = video.clone()
+    changed[:, 0, 1] = -changed[:, 0, 1]  # the second given frame no longer follows from the first
+    correction, _ = head(raw, head.match(changed, two)).split(3, dim=1)
+    assert torch.equal(correction[:, :, 2:], raw[:, -3:, 2:])

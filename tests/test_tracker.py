@@ -102,3 +102,28 @@ def test_digits_ceiling_reports_the_tracker(tmp_path):
     mask = np.array([1, 1] + [0] * (cfg.model.seq_len - 2))
     scores = np.array([frame_scores(track(data.frames(v), [0, 1]), data.frames(v), mask) for v in range(2)]).mean(0)
     assert result["object_tracker"] == pytest.approx({"psnr": scores[0], "ssim": scores[1]})
+
+
+def test_the_tracker_says_which_frames_it_explains():
+    video = _video([(6, (1.0, 0.5, 0.4), (5, 8), (1, 2))])
+    pred, ok = track(video, [0, 1], explained=True)
+    assert (pred == video).all() and ok.all()
+    # the second given frame changes colour: no motion of the first frame's object redraws it
+    changed = video.copy()
+    changed[1] = changed[1] // 2
+    _, ok = track(changed, [0, 1], explained=True)
+    assert ok[:2].all() and not ok[2:].any()
+    # one given frame explains nothing (the velocity is open)
+    _, ok = track(video, [0], explained=True)
+    assert ok[0] and not ok[1:].any()
+
+
+def test_a_bounce_between_the_given_frames_is_read_as_the_slower_motion():
+    # a 6 px square in a 32 px frame (limit 26): rows 25 -> 24 is -1 per frame, or +3 reflected
+    # off the bottom border (25 + 3 = 28 -> 24); both redraw the given frames, and the
+    # generator's prior (uniform speed) favours the slower
+    video = _video([(6, (1.0, 0.5, 0.4), (25, 8), (-1, 1))])
+    pred, ok = track(video, [0, 1], explained=True)
+    assert (pred == video).all() and ok.all()
+    fast = _video([(6, (1.0, 0.5, 0.4), (25, 8), (3, 1))])  # the other reading, seen from frame 2 on
+    assert (fast[:2] == video[:2]).all() and not (fast[2:] == video[2:]).all()

@@ -101,23 +101,29 @@ class MovingDigits(torch.utils.data.Dataset):
         """What identifies the data: the generator's parameters (the videos are a function of them)."""
         # "motion" names the generator's version: "pixel" (whole-pixel corners and velocities)
         # replaced continuous motion rounded to pixels, so a run trained on the old videos
-        # is told on resume that its data changed.
-        out = {"source": "moving-digits", "motion": "pixel", "image_size": self.image_size, "seq_len": self.seq_len,
-               "channels": self.channels, "videos": self.num_videos, "seed": self.seed}
+        # is told on resume that its data changed; "glyphs": "ink" replaced glyphs in the
+        # font's box (blank columns beside the ink, which moved the bounces off the visible ink).
+        out = {"source": "moving-digits", "motion": "pixel", "glyphs": "ink", "image_size": self.image_size,
+               "seq_len": self.seq_len, "channels": self.channels, "videos": self.num_videos, "seed": self.seed}
         if self.still:
             out["still"] = True
         return out
 
     @cached_property
     def glyphs(self):
-        """The ten digits as [h, w] float arrays in [0, 1], tightly cropped, about half a frame tall."""
+        """The ten digits as [h, w] float arrays in [0, 1], cropped to their ink, about half a frame tall."""
         font = ImageFont.load_default(size=max(6, int(self.image_size * 0.55)))
         out = []
         for digit in "0123456789":
             left, top, right, bottom = font.getbbox(digit)
             img = Image.new("L", (right - left, bottom - top))
             ImageDraw.Draw(img).text((-left, -top), digit, fill=255, font=font)
-            out.append(np.asarray(img, dtype=np.float32) / 255.0)
+            glyph = np.asarray(img, dtype=np.float32) / 255.0
+            # The font's box holds the advance width (a "1" has 2-3 blank columns each side):
+            # cropped to the ink, a digit bounces when its ink touches the border, so what the
+            # frames show determines the bounce.
+            rows, cols = np.flatnonzero(glyph.any(axis=1)), np.flatnonzero(glyph.any(axis=0))
+            out.append(glyph[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
         return out
 
     def scene(self, index: int) -> List[Digit]:

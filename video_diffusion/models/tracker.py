@@ -66,6 +66,50 @@ def connected_ink(ink: np.ndarray) -> np.ndarray:
     return label.reshape(h, w)
 
 
+def fit(frames: np.ndarray, s: int, others: Sequence[int], mask: np.ndarray, radius: int):
+    """
+    The velocity that best explains an object of the given frame ``s`` in the other given
+    frames, its motion simulated between them with the reflections off the borders.
+
+    :param frames: [T, H, W, C] float, or a dict frame index -> [H, W, C] (only ``s`` and
+        ``others`` are read).
+    :param others: the other given frames to explain (at least one).
+    :param mask: [H, W] bool, the object's pixels in frame ``s``.
+    :return: (velocity int64 [2], its mean squared error over the object's pixels, summed over
+        ``others``). On a tie the slowest wins: a bounce between two frames can explain them
+        as well as no bounce (a digit 20 -> 19 rows moved by -1, or by +3 off a border at 21),
+        and the generator's prior puts more mass on a slower velocity (uniform speed, so the
+        density falls as 1 / speed).
+    """
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    corner = np.array([ys.min(), xs.min()])
+    size = np.array([ys.max() + 1, xs.max() + 1]) - corner
+    limit = np.array([h, w]) - size
+    inside = mask[corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]]
+    patch = frames[s][corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]][inside]
+    best, velocity = np.inf, np.zeros(2, dtype=np.int64)
+    for v in _BY_SPEED[radius]:
+        cost = 0.0
+        for g in others:
+            y, x = move(corner, v, limit, g - s)
+            cost += float(((frames[g][y:y + size[0], x:x + size[1]][inside] - patch) ** 2).mean())
+        if cost < best - 1e-6:
+            best, velocity = cost, v
+    return velocity, best
+
+
+class _Candidates(dict):
+    """radius -> the whole-pixel velocities with both components within it, slowest first."""
+    def __missing__(self, radius):
+        r = range(-radius, radius + 1)
+        self[radius] = sorted((np.array([vy, vx]) for vy in r for vx in r), key=lambda v: (v @ v, tuple(v)))
+        return self[radius]
+
+
+_BY_SPEED = _Candidates()
+
+
 def segment(frame: np.ndarray, partner: np.ndarray, lag: int, radius: int) -> List[np.ndarray]:
     """
     The objects of ``frame``: boolean masks [H, W], one per object.
@@ -89,7 +133,9 @@ def segment(frame: np.ndarray, partner: np.ndarray, lag: int, radius: int) -> Li
         region = regions == r
         values, counts = np.unique(own[region], return_counts=True)
         major = values[counts >= 0.2 * region.sum()]  # a velocity held by a fifth of the region is an object
-        if len(major) <= 1:
+        # one velocity that explains the whole region exactly keeps it one object: the pixels' own
+        # velocities can disagree without two objects (a straight stroke matches many shifts of itself)
+        if len(major) <= 1 or fit({0: frame, -lag: partner}, 0, [-lag], region, radius)[1] < 1e-6:
             objects.append(region)
             continue
         # two objects touch: each pixel joins the one whose velocity explains the pixel itself best
@@ -105,14 +151,31 @@ def segment(frame: np.ndarray, partner: np.ndarray, lag: int, radius: int) -> Li
     return objects
 
 
-def track(video: np.ndarray, given: Sequence[int], radius: int = 3) -> np.ndarray:
+def _draw(canvas: np.ndarray, frame: np.ndarray, mask: np.ndarray, velocity: np.ndarray, frames: int):
+    """Draws the object ``mask`` of ``frame`` onto ``canvas`` [H, W, C] moved on by ``frames``
+    frames at ``velocity`` (the brighter value where objects overlap, as the generator draws them)."""
+    ys, xs = np.nonzero(mask)
+    corner = np.array([ys.min(), xs.min()])
+    size = np.array([ys.max() + 1, xs.max() + 1]) - corner
+    y, x = move(corner, velocity, np.array(frame.shape[:2]) - size, frames)
+    patch = np.where(mask[..., None], frame, 0)[corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]]
+    region = canvas[y:y + size[0], x:x + size[1]]
+    np.maximum(region, patch, out=region)
+
+
+def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: bool = False):
     """
     Every frame of ``video`` predicted from its given frames alone.
 
     :param video: uint8 [T, H, W, C]; only the frames in ``given`` are read.
     :param given: indices of the given frames (at least one).
     :param radius: the largest velocity component tried, in pixels per frame.
-    :return: uint8 [T, H, W, C], the given frames as they are.
+    :param explained: also return, per frame, whether the objects it is drawn from, moved back
+        to the other given frame they were fitted on, redraw that frame to the grey level
+        (bool [T]; True on given frames, False for frames drawn from one given frame). Where a
+        frame is not explained the tracker has met something it does not model: digits that
+        touch or overlap and were not split, a velocity outside ``radius``.
+    :return: uint8 [T, H, W, C], the given frames as they are (and the bool [T] with ``explained``).
     """
     if video.ndim != 4 or video.dtype != np.uint8:
         raise ValueError(f"the object tracker takes a uint8 video [T, H, W, C], got {video.dtype} of shape {video.shape}")
@@ -124,34 +187,27 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3) -> np.ndarra
         raise ValueError(f"given frames {given} are not all in the video's {t} frames")
     frames = video.astype(np.float32)
     out = np.zeros_like(frames)
+    ok = np.zeros(t, dtype=bool)
+    ok[given] = True
     # each frame's nearest given frame (the earlier one on a tie), and each source's nearest other given frame
     source = {f: min(given, key=lambda g: (abs(g - f), g)) for f in range(t) if f not in given}
     for s in sorted(set(source.values())):
         others = [g for g in given if g != s]
         partner = min(others, key=lambda g: (abs(g - s), g)) if others else None
         targets = [f for f, src in source.items() if src == s]
-        lag = 0 if partner is None else s - partner
-        for mask in segment(frames[s], None if partner is None else frames[partner], lag, radius):
-            ys, xs = np.nonzero(mask)
-            corner = np.array([ys.min(), xs.min()])
-            size = np.array([ys.max() + 1, xs.max() + 1]) - corner
-            limit = np.array([h, w]) - size
-            patch = np.where(mask[..., None], frames[s], 0)[corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]]
-            velocity = np.zeros(2, dtype=np.int64)
-            if partner is not None:
-                best = np.inf
-                for vy in range(-radius, radius + 1):
-                    for vx in range(-radius, radius + 1):
-                        v = np.array([vy, vx])
-                        y, x = move(corner, v, limit, partner - s)
-                        read = frames[partner, y:y + size[0], x:x + size[1]]
-                        cost = ((read - patch) ** 2)[mask[corner[0]:corner[0] + size[0],
-                                                          corner[1]:corner[1] + size[1]]].mean()
-                        if cost < best - 1e-6:  # on a tie the first candidate tried stays
-                            best, velocity = cost, v
+        objects = segment(frames[s], None if partner is None else frames[partner], 0 if partner is None else s - partner,
+                          radius)
+        velocities = [np.zeros(2, dtype=np.int64) if partner is None else fit(frames, s, others, mask, radius)[0]
+                      for mask in objects]
+        for mask, velocity in zip(objects, velocities):
             for f in targets:
-                y, x = move(corner, velocity, limit, f - s)
-                region = out[f, y:y + size[0], x:x + size[1]]
-                np.maximum(region, patch, out=region)
+                _draw(out[f], frames[s], mask, velocity, f - s)
+        ok[targets] = bool(others)
+        for g in others:  # explained: every other given frame redrawn from this one's objects
+            redrawn = np.zeros_like(frames[s])
+            for mask, velocity in zip(objects, velocities):
+                _draw(redrawn, frames[s], mask, velocity, g - s)
+            ok[targets] &= bool(np.abs(redrawn - frames[g]).max() <= 1.0)
     out[given] = frames[given]
-    return np.round(out).astype(np.uint8)
+    out = np.round(out).astype(np.uint8)
+    return (out, ok) if explained else out

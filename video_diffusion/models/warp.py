@@ -121,7 +121,10 @@ class WarpHead(nn.Module):
     leaves the reads that fall outside the frame out of the 9 x 9 cost; ``objects`` replaces the
     per-pixel choice by the object tracker's prediction (``tracker.track``: objects moved on,
     reflecting off the borders; W_0 = it, the candidates' logits unused), for data of objects on
-    a black background. It runs on the CPU, per video, on every call.
+    a black background. It runs on the CPU, per video, on every call. With ``gate`` as well, c is
+    the tracker's verdict per frame (1 where its objects redraw the other given frames), and
+    both F and the blend are held there: x_0 = c W_0 + (1 - c)(m W_0 + F), so the network
+    learns only what the tracker cannot explain (touching digits, one given frame, generation).
     """
 
     def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False,
@@ -216,8 +219,12 @@ class WarpHead(nn.Module):
             # where its velocity matches them exactly, towards 0 where no velocity does (an
             # occlusion, a bounce) or where one given frame leaves the velocity open.
             confidence = torch.exp(-self.log_beta.exp() * (chosen * cost).sum(dim=2)) * valid[:, :, 1, None, None]
-        unlearned = (tracked(x, obs_mask, self.radius, self._tracked) if self.objects
-                     else unlearned.permute(0, 2, 1, 3, 4))
+        if self.objects:
+            unlearned, explained = tracked(x, obs_mask, self.radius, self._tracked)
+            # the tracker's own verdict: 1 on the frames whose objects redraw the other given frames
+            confidence = explained[:, :, None, None].expand(n, t, h, w).to(confidence)
+        else:
+            unlearned = unlearned.permute(0, 2, 1, 3, 4)
         return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
                          unlearned=unlearned.to(x.dtype),
                          confidence=confidence[:, None].to(x.dtype))
@@ -251,12 +258,14 @@ class WarpHead(nn.Module):
         if self.exact:  # fully blended in (m = 1) until the network lowers it: sigmoid(3) = 0.953 would
             # leave black at grey level 6, which SSIM on a black background counts heavily
             m = (m / _SIGMOID_3).clamp(max=1.0)
+        if self.gate and self.objects:  # and where the tracker explains them, its prediction stands whole
+            m = match.confidence + (1 - match.confidence) * m
         m = m * match.valid[:, None, :, 0, None, None]
         prior = m * prior
         return torch.cat([correction, prior.to(raw.dtype)], dim=1)
 
 
-def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = None) -> torch.Tensor:
+def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = None):
     """
     The object tracker's prediction of every video from its given frames (zeros for a video
     with no given frame).
@@ -265,7 +274,8 @@ def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = N
     :param obs_mask: [N, T], 1 on given frames.
     :param memo: a dict that keeps the last call's result: a sampler calls the network many times
         on the same given frames, and the tracker reads nothing else.
-    :return: [N, C, T, H, W] float32 in [-1, 1].
+    :return: ([N, C, T, H, W] float32 in [-1, 1], [N, T] bool: the frames the tracker explains,
+        ``track(explained=True)``).
     """
     given = obs_mask.detach().bool().cpu().numpy()
     frames = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
@@ -274,13 +284,16 @@ def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = N
     if memo is not None and memo.get("key") == key:
         return memo["value"]
     out = torch.zeros(x.shape, dtype=torch.float32)
+    explained = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool)
     for i in range(x.shape[0]):
         if given[i].any():
-            out[i] = torch.from_numpy(track(frames[i], np.flatnonzero(given[i]), radius)).permute(3, 0, 1, 2) / 127.5 - 1
-    out = out.to(x.device)
+            video, ok = track(frames[i], np.flatnonzero(given[i]), radius, explained=True)
+            out[i] = torch.from_numpy(video).permute(3, 0, 1, 2) / 127.5 - 1
+            explained[i] = torch.from_numpy(ok)
+    value = (out.to(x.device), explained.to(x.device))
     if memo is not None:
-        memo.update(key=key, value=out)
-    return out
+        memo.update(key=key, value=value)
+    return value
 
 
 @dataclass
@@ -288,7 +301,8 @@ class WarpMatch:
     """``WarpHead.match``: the candidates' reads [N, T, K, C, H, W], their costs and motion
     evidence [N, T, K, H, W], which nearest given frames exist [N, T, 2], the read along the
     candidates (``along``), W_0 [N, C, T, H, W], the warp before anything is learned, and its
-    confidence c [N, 1, T, H, W] = exp(-beta * the cost of W_0's choice), 0 without a second given frame."""
+    confidence c [N, 1, T, H, W] = exp(-beta * the cost of W_0's choice), 0 without a second given frame
+    (with ``objects``: the tracker's verdict, 1 on the frames it explains, else 0)."""
     content: torch.Tensor
     cost: torch.Tensor
     evidence: torch.Tensor
