@@ -41,6 +41,7 @@ def test_curve_of_every_checkpoint_with_references_and_resume(run_dir, tmp_path)
         refs = curve["references"][key]
         # the perfect model knows the motion: nothing scores above it, both baselines below it
         assert refs["perfect"]["psnr"] >= max(refs["black"]["psnr"], refs["copy_last_given"]["psnr"])
+        assert 0 < refs["object_tracker"]["psnr"] <= 100 and 0 < refs["object_tracker"]["ssim"] <= 1
     assert curve["references"]["pred2"]["label"] == "2 -> 4" and curve["references"]["infill"]["label"] == "infill 0,5"
     diag = point["x0_from_noise"]
     assert diag["frames"] == [2, 3, 4, 5] and len(diag["model"]) == 4 and min(diag["black"]) > 0

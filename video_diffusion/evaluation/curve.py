@@ -33,6 +33,7 @@ from ..sampling.outputs import to_uint8
 from ..sampling.plan import resolve_plan, task_mask, test_dataset
 from ..sampling.denoiser import make_denoiser
 from .fvd import fvd_from_features, i3d_features
+from ..models.tracker import track
 from .quality import copy_last_given, evaluate, frame_scores
 
 # Videos that are neither training nor test videos: the perfect generator's FVD compares them with the test clips.
@@ -108,7 +109,8 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
                perfect_samples: int = 1, device="cpu") -> Dict:
     """
     What a curve is drawn against, per task key: "copy_last_given" and "black" (PSNR / SSIM),
-    "perfect" (the exact posterior's mean PSNR / SSIM; embedded digits only) and, for
+    "perfect" (the exact posterior's mean PSNR / SSIM) and "object_tracker" (``models.tracker``),
+    both on embedded digits only, and, for
     generation, the FVD of other real clips against the test clips.
     """
     out: Dict = {}
@@ -129,6 +131,9 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
             from ..studies.ceiling import perfect_model_scores
             p = perfect_model_scores(data, mask, num_videos, perfect_samples)
             entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
+            given = np.flatnonzero(mask)  # the object tracker: the warp head's prior in the CPU presets
+            tracked = [frame_scores(track(data.frames(v), given), data.frames(v), mask) for v in range(num_videos)]
+            entry["object_tracker"] = dict(zip(("psnr", "ssim"), np.mean(tracked, axis=0).tolist()))
         out[task["key"]] = entry
     if i3d is not None and fvd_videos and embedded:
         test = test_dataset(cfg, fvd_frames)
@@ -160,7 +165,7 @@ def plot_curve(curve: Dict, path) -> None:
     x = [p["videos_seen"] for p in points]
     fig, axes = plt.subplots(2, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 7.2), squeeze=False)
     styles = {"copy_last_given": ("copy last given", "tab:orange", "--"), "black": ("black frame", "k", ":"),
-              "perfect": ("perfect model", "tab:green", "-")}
+              "object_tracker": ("object tracker", "tab:purple", "-."), "perfect": ("perfect model", "tab:green", "-")}
     for col, key in enumerate(tasks):
         for row, metric in enumerate(("psnr", "ssim")):
             ax = axes[row][col]
@@ -172,8 +177,8 @@ def plot_curve(curve: Dict, path) -> None:
                     continue
                 value = refs[key][ref][metric]
                 if metric == "psnr" and value > top + 10:  # a perfect model's 90+ dB would flatten the curve
-                    ax.annotate(f"perfect model: {value:.1f} dB", xy=(0.02, 0.95), xycoords="axes fraction",
-                                color=colour, va="top")
+                    ax.annotate(f"{label}: {value:.1f} dB", xy=(0.02, 0.95 - 0.07 * (ref == "object_tracker")),
+                                xycoords="axes fraction", color=colour, va="top")
                     continue
                 ax.axhline(value, color=colour, linestyle=style, label=f"{label} ({value:.3g})")
             ax.set_title(f"{refs[key]['label']}: {metric.upper()}")
