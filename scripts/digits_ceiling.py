@@ -5,9 +5,10 @@ scripts/evaluate.py's figures on the same held-out videos.
     python scripts/digits_ceiling.py --num_cond_frames 2            # 2 -> 6 on the tiny preset's videos
     python scripts/digits_ceiling.py --task infill --cond_frames 0,7
 
-The generator draws digits at whole-pixel positions, so a few given frames leave each digit's
-exact velocity open and the later frames uncertain. This draws samples from that exact
-posterior (see video_diffusion/evaluation/ceiling.py) and scores them like the harness does:
+The generator moves digits by whole pixels, so two given frames determine a digit's motion
+except where it may have bounced between them or another digit hides it; one frame leaves the
+velocity open. This draws samples from the exact posterior (video_diffusion/studies/ceiling.py:
+the generator's prior, kept where it reproduces the given frames) and scores them like the harness does:
 PSNR and SSIM over the generated frames, mean and best of --samples_per_video, beside the
 copy-last-frame and black-frame baselines. No model can beat the mean on average.
 

@@ -3,18 +3,22 @@ A model-free predictor that knows what the embedded digits are: objects on a bla
 background, each moving at a constant whole-pixel velocity and reflecting off the borders.
 
 The ink of a given frame is split into objects (8-connected ink, split again where its
-pixels' own block-matching velocities disagree: two digits that touch), each object gets the
-velocity that best explains it from the nearest other given frame (its motion simulated
-between the two with the reflections), and every frame to generate draws each object moved
-on from its nearest given frame, the brighter value where two overlap (as the generator
-draws them). An object's extent is its ink box, which can be a pixel narrower than the
-glyph box the generator reflects, so a bounce can land a pixel off; touching digits that
-move alike stay one object. With one given frame the velocity is open and it copies.
+pixels' own block-matching velocities disagree and no one velocity explains the region: two
+digits that touch), each object gets the velocity that best explains it in the other given
+frames (its motion simulated between them with the reflections; on a tie the slower), and
+every frame to generate draws each object moved on from its nearest given frame, the brighter
+value where two overlap (as the generator draws them). An object's extent is its ink box,
+which is the glyph box the generator reflects (its glyphs are cropped to their ink). It says
+which frames it explains: those whose objects, moved back, redraw every other given frame.
+Touching digits that move alike stay one object, overlapping ones hide ink, and a bounce in
+the frames between two given frames can be read the wrong way; with one given frame the
+velocity is open and it copies.
 
 It is a reference, what knowing the objects and the borders is worth on this data, beside
 the copy-last and black-frame baselines and the perfect model (``scripts/digits_ceiling.py``
 prints all four on the same held-out videos), and, with ``--warp_objects``, the warp head's
-prior: the network then learns to correct it.
+prior: the network then learns to correct it (with ``--warp_gate``, only where it does not
+explain the given frames).
 """
 
 from typing import List, Sequence
