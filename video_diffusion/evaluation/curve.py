@@ -32,8 +32,8 @@ from ..sampling.options import SampleOptions
 from ..sampling.outputs import to_uint8
 from ..sampling.plan import resolve_plan, task_mask, test_dataset
 from ..sampling.denoiser import make_denoiser
-from .fvd import fvd_from_features, i3d_features
 from ..models.tracker import track
+from .fvd import fvd_from_features, i3d_features
 from .quality import copy_last_given, evaluate, frame_scores
 
 # Videos that are neither training nor test videos: the perfect generator's FVD compares them with the test clips.
@@ -119,11 +119,13 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
     for task in curve_tasks(cfg.model.seq_len):
         mask = task_mask(task["task"], 1, cfg.model.seq_len, task.get("num_cond_frames", 0),
                          task.get("cond_frames", ""))[0].numpy()
-        copy, black = [], []
+        copy, black, tracked = [], [], []
         for v in range(num_videos):
             gt = data.frames(v) if embedded else to_uint8(data[v]["video"][None])[0]
             copy.append(frame_scores(copy_last_given(gt, mask), gt, mask))
             black.append(frame_scores(np.zeros_like(gt), gt, mask))
+            if embedded:  # the object tracker: the warp head's prior in the CPU presets
+                tracked.append(frame_scores(track(gt, np.flatnonzero(mask)), gt, mask))
         entry = {"label": task["label"],
                  "copy_last_given": dict(zip(("psnr", "ssim"), np.mean(copy, axis=0).tolist())),
                  "black": dict(zip(("psnr", "ssim"), np.mean(black, axis=0).tolist()))}
@@ -131,8 +133,6 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
             from ..studies.ceiling import perfect_model_scores
             p = perfect_model_scores(data, mask, num_videos, perfect_samples)
             entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
-            given = np.flatnonzero(mask)  # the object tracker: the warp head's prior in the CPU presets
-            tracked = [frame_scores(track(data.frames(v), given), data.frames(v), mask) for v in range(num_videos)]
             entry["object_tracker"] = dict(zip(("psnr", "ssim"), np.mean(tracked, axis=0).tolist()))
         out[task["key"]] = entry
     if i3d is not None and fvd_videos and embedded:

@@ -70,6 +70,13 @@ def connected_ink(ink: np.ndarray) -> np.ndarray:
     return label.reshape(h, w)
 
 
+def _box(mask: np.ndarray):
+    """The top-left corner and the size (each int64 [2]) of the box around ``mask``'s pixels."""
+    ys, xs = np.nonzero(mask)
+    corner = np.array([ys.min(), xs.min()])
+    return corner, np.array([ys.max() + 1, xs.max() + 1]) - corner
+
+
 def fit(frames: np.ndarray, s: int, others: Sequence[int], mask: np.ndarray, radius: int):
     """
     The velocity that best explains an object of the given frame ``s`` in the other given
@@ -85,11 +92,8 @@ def fit(frames: np.ndarray, s: int, others: Sequence[int], mask: np.ndarray, rad
         and the generator's prior puts more mass on a slower velocity (uniform speed, so the
         density falls as 1 / speed).
     """
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    corner = np.array([ys.min(), xs.min()])
-    size = np.array([ys.max() + 1, xs.max() + 1]) - corner
-    limit = np.array([h, w]) - size
+    corner, size = _box(mask)
+    limit = np.array(mask.shape) - size
     inside = mask[corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]]
     patch = frames[s][corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]][inside]
     best, velocity = np.inf, np.zeros(2, dtype=np.int64)
@@ -158,9 +162,7 @@ def segment(frame: np.ndarray, partner: np.ndarray, lag: int, radius: int) -> Li
 def _draw(canvas: np.ndarray, frame: np.ndarray, mask: np.ndarray, velocity: np.ndarray, frames: int):
     """Draws the object ``mask`` of ``frame`` onto ``canvas`` [H, W, C] moved on by ``frames``
     frames at ``velocity`` (the brighter value where objects overlap, as the generator draws them)."""
-    ys, xs = np.nonzero(mask)
-    corner = np.array([ys.min(), xs.min()])
-    size = np.array([ys.max() + 1, xs.max() + 1]) - corner
+    corner, size = _box(mask)
     y, x = move(corner, velocity, np.array(frame.shape[:2]) - size, frames)
     patch = np.where(mask[..., None], frame, 0)[corner[0]:corner[0] + size[0], corner[1]:corner[1] + size[1]]
     region = canvas[y:y + size[0], x:x + size[1]]
@@ -174,8 +176,8 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: b
     :param video: uint8 [T, H, W, C]; only the frames in ``given`` are read.
     :param given: indices of the given frames (at least one).
     :param radius: the largest velocity component tried, in pixels per frame.
-    :param explained: also return, per frame, whether the objects it is drawn from, moved back
-        to the other given frame they were fitted on, redraw that frame to the grey level
+    :param explained: also return, per frame, whether the objects it is drawn from, moved to
+        each other given frame (those they were fitted on), redraw it to the grey level
         (bool [T]; True on given frames, False for frames drawn from one given frame). Where a
         frame is not explained the tracker has met something it does not model: digits that
         touch or overlap and were not split, a velocity outside ``radius``.
@@ -183,7 +185,7 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: b
     """
     if video.ndim != 4 or video.dtype != np.uint8:
         raise ValueError(f"the object tracker takes a uint8 video [T, H, W, C], got {video.dtype} of shape {video.shape}")
-    t, h, w, c = video.shape
+    t = video.shape[0]
     given = sorted(int(g) for g in given)
     if not given:
         raise ValueError("the object tracker needs at least one given frame")
