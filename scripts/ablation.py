@@ -1,28 +1,31 @@
 """
-The method's claim, reproduced: conditional training against an unconditional model with
-replacement (and resampling), the mask input, the nearest-given-frame input and frame
-guidance, on the embedded moving digits. One command, one table.
+The method's claim, reproduced: conditional training against the same network trained
+unconditionally and sampled with replacement (and resampling), frame guidance, what the
+preset's recipe buys over the plain network, and the plain network with and without the
+mask input, on the embedded moving digits. One command, one table.
 
-    python scripts/ablation.py                 # the full study: about 90 minutes on 2 CPU cores
+    python scripts/ablation.py                 # the full study, two training seeds: about 80 minutes on 2 CPU cores
     python scripts/ablation.py --quick         # a smoke version in a few minutes (CI)
     python scripts/ablation.py --preset small --train_seeds 3 --num_videos 64   # larger, e.g. on a GPU
 
-Rows (trained models differ from "b" only in the field named):
-  a  conditional training, the network not told which frames are given (--mask_input false)
-  b  conditional training with the mask input
-  c  unconditional training (--uncondition_rate 1), sampled with replacement
+Rows (trained models differ from "b" only in the fields named in the report):
+  a  the plain network (no nearest-given-frame input, direct head), mask not input (RaMViD)
+  b  conditional training, the preset's recipe (on tiny/small: mask input, nearest given
+     frame input, warp head with the object tracker)
+  c  b's network trained unconditionally (--uncondition_rate 1), sampled with replacement
   d  c with resampling (--resample_steps R, one row per --resample value)
   e  b with frame guidance (one row per --guidance scale)
-  f  b with the nearest given frame as input (--given_frame_input true, the tiny preset's network)
+  f  the plain network with the mask input (a and f test the mask input; f and b the recipe)
 Tasks: prediction 1 -> T-1 and 2 -> T-2, infilling with the first and last frames given,
 and generation (FVD only, once per trained model). Every row samples the same held-out test
-videos with the same sampler, network evaluations and seeds.
+videos with the same sampler, network evaluations and seeds; every figure is a mean over
+training seeds and sampling seeds, with the spread over both.
 
 Writes into --out_dir: ablation.md (the tables and every command), ablation.json (every
 figure of every cell), ablation_pred2.png and ablation_infill.png (each row's samples of the
-same videos). Rerunning resumes: trained models and finished cells are reused (a cell or
-model made with other settings is an error, never mixed in). Each training and evaluation
-command is printed; any cell can be rerun by hand with it.
+same videos, training seed 0). Rerunning resumes: trained models and finished cells are
+reused (a cell or model made with other settings is an error, never mixed in). Each training
+and evaluation command is printed; any cell can be rerun by hand with it.
 """
 
 import argparse
@@ -78,10 +81,12 @@ def build_parser():
                                                      "'--num_channels 64' (the same for all models)")
     p.add_argument("--launcher", default="python",
                    help="how to start training, e.g. 'mpiexec -n 8 python' or 'torchrun --nproc_per_node 8'")
-    p.add_argument("--train_seeds", type=int, default=1, help="models trained per variant, seeds 0..n-1")
+    p.add_argument("--train_seeds", type=int, default=2,
+                   help="models trained per variant, seeds 0..n-1 (default 2: a difference between rows "
+                        "is then tested against a second draw of the training)")
     p.add_argument("--variants", default="abcdef", help="which rows, as letters (default: abcdef)")
-    p.add_argument("--resample", default="5,10", help="variant d: resampling repetitions R, one row each")
-    p.add_argument("--guidance", default="1.5,2,3", help="variant e: frame guidance scales, one row each")
+    p.add_argument("--resample", default="5", help="variant d: resampling repetitions R, one row each")
+    p.add_argument("--guidance", default="1.5,3", help="variant e: frame guidance scales, one row each")
     p.add_argument("--seeds", type=int, default=3, help="sampling seeds (at least 3)")
     p.add_argument("--num_videos", type=int, default=16, help="held-out test videos per conditioned task")
     p.add_argument("--samples_per_video", type=int, default=2, help="samples per test video (best-of-k)")
@@ -211,13 +216,19 @@ def run_cells(args, rows, tasks, checkpoints, out: Path, ctx, i3d):
 
 
 def tables_of(args, rows, tasks, records):
-    """summary[row][task] (mean and std of each figure over the cells) and the baselines of each task."""
-    summary, baselines = {}, {}
+    """
+    summary[row][task] (mean and std of each figure over the cells), the same per training
+    seed (by_seed[row][task][seed]) and the baselines of each task.
+    """
+    summary, by_seed, baselines = {}, {}, {}
     for row in rows:
         for task in tasks:
             cells = [r["metrics"] for (ts, rk, tk, s), r in records.items() if rk == row.key and tk == task.key]
             if cells:
                 summary.setdefault(row.key, {})[task.key] = study.figure_summary(cells)
+                by_seed.setdefault(row.key, {})[task.key] = [study.figure_summary(
+                    [r["metrics"] for (ts, rk, tk, s), r in records.items()
+                     if ts == seed and rk == row.key and tk == task.key]) for seed in range(args.train_seeds)]
     for task in tasks:
         if task.generation:
             continue
@@ -226,7 +237,7 @@ def tables_of(args, rows, tasks, records):
         if len(found) != 1:  # the baselines are a function of the test videos alone
             raise RuntimeError(f"the rows of task {task.key} did not see the same test videos")
         baselines[task.key] = json.loads(found.pop())
-    return summary, baselines
+    return summary, by_seed, baselines
 
 
 def perfect_model(args, tasks, checkpoint):
@@ -329,9 +340,9 @@ def main(argv=None):
     missing = missing_cells(args, rows, tasks, records)
     if missing:
         raise SystemExit(f"cells missing: {', '.join(missing)}")
-    summary, baselines = tables_of(args, rows, tasks, records)
+    summary, by_seed, baselines = tables_of(args, rows, tasks, records)
     ceiling = perfect_model(args, tasks, checkpoints[rows[0].model, 0])
-    tables = study.markdown_tables(rows, tasks, summary, baselines, args.samples_per_video, ceiling)
+    tables = study.markdown_tables(rows, tasks, summary, baselines, args.samples_per_video, ceiling, by_seed)
     figures = pictures(rows, tasks, out)
     elapsed = {"total_seconds": time.time() - start, "training_seconds": trained - start}
     commands = sorted({r["command"] for r in records.values()})
@@ -354,7 +365,7 @@ def main(argv=None):
         "settings": settings, "elapsed": elapsed, "device": str(ctx.device),
         "rows": [dataclasses.asdict(r) for r in rows], "tasks": [dataclasses.asdict(t) for t in tasks],
         "models": {m: {**study.STUDY_BASE, **study.MODELS[m]} for m in study.models_of(rows)},
-        "summary": summary, "baselines": baselines, "perfect_model": ceiling,
+        "summary": summary, "summary_by_training_seed": by_seed, "baselines": baselines, "perfect_model": ceiling,
         "cells": [{"train_seed": ts, "row": rk, "task": tk, "seed": s, **r} for (ts, rk, tk, s), r in
                   sorted(records.items())]})
     print(tables)

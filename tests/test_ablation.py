@@ -40,11 +40,16 @@ def test_trained_variants_differ_only_in_the_ablated_fields(tmp_path):
         assert state["config"]["train"]["seed"] == 0 and state["config"]["train"]["max_steps"] == 2
     diff = {m: config_differences(stored["b"]["config"], s["config"]) for m, s in stored.items()}
     assert diff["b"] == {}
-    assert diff["a"] == {"mask_input": (True, False)}
     assert diff["c"] == {"uncondition_rate": (0.25, 1.0)}
-    assert diff["f"] == {"given_frame_input": (False, True)}
+    # f is the plain network: b without the recipe's given-frame input and warp head
+    plain = {"given_frame_input": (True, False), "output_head": ("warp", "direct"), "warp_exact": (True, False),
+             "warp_objects": (True, False), "warp_gate": (True, False)}
+    assert diff["f"] == plain
+    # a differs from f in the mask input alone
+    assert diff["a"] == {**plain, "mask_input": (True, False)}
+    assert config_differences(stored["f"]["config"], stored["a"]["config"]) == {"mask_input": (True, False)}
     # the run directory is where they differ, and nothing else is ignored
-    assert config_differences(stored["b"]["config"], stored["a"]["config"], ignore=()).keys() == \
+    assert config_differences(stored["f"]["config"], stored["a"]["config"], ignore=()).keys() == \
         {"mask_input", "log_dir"}
 
     # a reused model is checked against the flags: model b's weights are refused as model a
@@ -115,3 +120,21 @@ def test_summaries_and_table():
     assert "14.50" in text and "16.25" in text
     assert "Best of" not in text
     assert not math.isnan(s["sample_seconds_per_video"]["mean"])
+
+
+def test_each_training_seed_is_shown_on_its_own():
+    rows = study.study_rows("bc", [], [])
+    tasks = study.study_tasks(8, 16)
+    seed0 = study.figure_summary([{"psnr_mean": 20.0, "ssim_mean": 0.8}, {"psnr_mean": 22.0, "ssim_mean": 0.9}])
+    seed1 = study.figure_summary([{"psnr_mean": 30.0, "ssim_mean": 0.6}])
+    gen = [study.figure_summary([{"fvd": 300.0}]), study.figure_summary([{"fvd": 500.0}])]
+    by_seed = {"b": {"pred2": [seed0, seed1], "gen": gen}, "c": {"pred2": [seed1, seed0]}}
+    summary = {"b": {"pred2": study.figure_summary([{"psnr_mean": 25.0}])}}
+    text = study.markdown_tables(rows, tasks, summary, {}, samples_per_video=1, by_seed=by_seed)
+    per_seed = text[text.index("Each training seed"):]
+    lines = {line.split(" | ")[0].strip("| "): line for line in per_seed.splitlines() if line.startswith("| ")}
+    assert "21.00 / 30.00" in lines["b"] and "0.850 / 0.600" in lines["b"] and "300 / 500" in lines["b"]
+    assert "30.00 / 21.00" in lines["c"]
+    # with one training seed there is nothing to set side by side
+    one = {"b": {"pred2": [seed0]}}
+    assert "Each training seed" not in study.markdown_tables(rows, tasks, summary, {}, 1, by_seed=one)

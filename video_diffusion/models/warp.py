@@ -6,7 +6,7 @@ constant velocity chosen per pixel from a cost volume (``WarpHead``).
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -157,7 +157,8 @@ class WarpHead(nn.Module):
     def match(self, x: torch.Tensor, obs_mask: torch.Tensor) -> "WarpMatch":
         """
         What the given frames alone say (no gradient): every candidate's read, its cost and
-        motion evidence, and W_0, the warp with no learned term (the block matcher).
+        motion evidence, and W_0, the warp with no learned term (the block matcher; with
+        ``objects``, the object tracker's prediction and verdict alone).
 
         :param x: [N, C, T, H, W] the network's input (given frames clean).
         :param obs_mask: [N, T], 1 on given frames.
@@ -165,6 +166,14 @@ class WarpHead(nn.Module):
         k = self.num_candidates
         n, c, t, h, w = x.shape
         source, valid = two_nearest_given(obs_mask)  # [N, T, 2]: each frame's nearest given frames
+        if self.objects:
+            # The tracker's prediction replaces the candidates' warp whole, and its verdict the
+            # block matcher's confidence: the cost volume would be built only to be dropped.
+            with torch.no_grad():
+                unlearned, explained = tracked(x, obs_mask, self.radius, self._tracked)
+            confidence = explained[:, None, :, None, None].expand(n, 1, t, h, w)
+            return WarpMatch(content=None, cost=None, evidence=None, valid=valid, along=None,
+                             unlearned=unlearned.to(x.dtype), confidence=confidence.to(x.dtype))
         here = torch.arange(t, device=x.device)[None, :]
         vel = self.velocities.to(x.device)
 
@@ -219,12 +228,7 @@ class WarpHead(nn.Module):
             # where its velocity matches them exactly, towards 0 where no velocity does (an
             # occlusion, a bounce) or where one given frame leaves the velocity open.
             confidence = torch.exp(-self.log_beta.exp() * (chosen * cost).sum(dim=2)) * valid[:, :, 1, None, None]
-        if self.objects:
-            unlearned, explained = tracked(x, obs_mask, self.radius, self._tracked)
-            # the tracker's own verdict: 1 on the frames whose objects redraw the other given frames
-            confidence = explained[:, :, None, None].expand(n, t, h, w).to(confidence)
-        else:
-            unlearned = unlearned.permute(0, 2, 1, 3, 4)
+        unlearned = unlearned.permute(0, 2, 1, 3, 4)
         return WarpMatch(content=content, cost=cost, evidence=evidence, valid=valid, along=along,
                          unlearned=unlearned.to(x.dtype),
                          confidence=confidence[:, None].to(x.dtype))
@@ -301,12 +305,13 @@ class WarpMatch:
     """``WarpHead.match``: the candidates' reads [N, T, K, C, H, W], their costs and motion
     evidence [N, T, K, H, W], which nearest given frames exist [N, T, 2], the read along the
     candidates (``along``), W_0 [N, C, T, H, W], the warp before anything is learned, and its
-    confidence c [N, 1, T, H, W] = exp(-beta * the cost of W_0's choice), 0 without a second given frame
-    (with ``objects``: the tracker's verdict, 1 on the frames it explains, else 0)."""
-    content: torch.Tensor
-    cost: torch.Tensor
-    evidence: torch.Tensor
+    confidence c [N, 1, T, H, W] = exp(-beta * the cost of W_0's choice), 0 without a second given frame.
+    With ``objects``, W_0 is the tracker's prediction, c its verdict (1 on the frames it explains,
+    else 0), and the block matcher's fields (content, cost, evidence, along) are None."""
+    content: Optional[torch.Tensor]
+    cost: Optional[torch.Tensor]
+    evidence: Optional[torch.Tensor]
     valid: torch.Tensor
-    along: Callable
+    along: Optional[Callable]
     unlearned: torch.Tensor
     confidence: torch.Tensor  # [N, 1, T, H, W]

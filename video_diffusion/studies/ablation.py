@@ -3,10 +3,11 @@ The method's ablation study, as data: which models are trained, how each is samp
 on which tasks, and how the figures are summarised.
 
 The claim under test: a model trained with random un-noised frames predicts and infills
-videos consistent with the given frames, where an unconditional model with the given
-frames pasted in at every step (replacement), even with resampling, does not. The
-additions on top: telling the network which frames are given (the mask input), giving
-every frame the nearest given frame as input, and frame guidance.
+videos consistent with the given frames, where the same network trained unconditionally
+and sampled with the given frames pasted in at every step (replacement), even with
+resampling, does not. Beside it: frame guidance, what the preset's recipe (the nearest
+given frame as input and the warp head) buys over the plain network, and, on the plain
+network, telling it which frames are given (the mask input).
 
 A *row* of the study is a trained model and a way of sampling it; a *cell* is a row on one
 task with one sampling seed (and one training seed). The trained models differ from model
@@ -28,27 +29,30 @@ from ..evaluation.metrics import mean_and_std
 from ..sampling.options import SampleOptions
 from ..visualize import auto_scale, strip
 
-# Every model of the study: the base preset with these settings. The nearest-given-frame
-# input and the warp head (which needs it) are off in the base so that "b" is the plain
-# mask-input network, and the input is one model of its own ("f"); previews are off (they
-# cost time and measure nothing here).
-# Every warp-head option goes back to its default with the head, whichever of them the preset sets.
-STUDY_BASE = {"given_frame_input": False, "output_head": "direct", "sample_interval": 0,
-              **{f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name.startswith("warp_")}}
+# Every model of the study is the base preset with these settings (previews off: they cost
+# time and measure nothing here). Model "b" is the preset's own recipe; on the CPU presets
+# that is the mask input, the nearest given frame as input and the warp head.
+STUDY_BASE = {"sample_interval": 0}
+
+# The plain network: no nearest-given-frame input and the direct output head (every
+# warp-head option back to its default, whichever of them the preset sets). The mask
+# input is compared on it, because the recipe's given-frame input needs the mask.
+PLAIN = {"given_frame_input": False, "output_head": "direct",
+         **{f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name.startswith("warp_")}}
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {
-    "a": {"mask_input": False},
+    "a": {**PLAIN, "mask_input": False},
     "b": {},
     "c": {"uncondition_rate": 1.0},
-    "f": {"given_frame_input": True},
+    "f": dict(PLAIN),
 }
 
 MODEL_LABELS = {
-    "a": "conditional training, mask not input (RaMViD)",
-    "b": "conditional training, mask input",
-    "c": "unconditional training, replacement",
-    "f": "b + nearest given frame input",
+    "a": "plain network, mask not input (RaMViD)",
+    "b": "conditional training, the preset's recipe",
+    "c": "unconditional training of b's network, replacement",
+    "f": "plain network, mask input",
 }
 
 
@@ -77,9 +81,10 @@ class Task:
 
 def study_rows(variants: str, resample: Sequence[int], guidance: Sequence[float]) -> List[Row]:
     """
-    The rows for the variant letters in ``variants``: a, b, c (replacement), d (c with
-    resampling, one row per R in ``resample``), e (b with frame guidance, one row per
-    scale in ``guidance``), f (b with the nearest given frame as input).
+    The rows for the variant letters in ``variants``: a (plain network, no mask input),
+    b (the preset's recipe), c (b's network trained unconditionally, replacement), d (c
+    with resampling, one row per R in ``resample``), e (b with frame guidance, one row per
+    scale in ``guidance``), f (plain network with the mask input).
     """
     unknown = sorted(set(variants) - set("abcdef"))
     if unknown or not variants:
@@ -190,14 +195,17 @@ def _cell(summary: Optional[Dict], name: str, digits: int) -> str:
 
 
 def markdown_tables(rows: Sequence[Row], tasks: Sequence[Task], summary: Dict, baselines: Dict,
-                    samples_per_video: int, ceiling: Optional[Dict] = None) -> str:
+                    samples_per_video: int, ceiling: Optional[Dict] = None,
+                    by_seed: Optional[Dict] = None) -> str:
     """
     The study's tables: PSNR / SSIM (mean over samples) per conditioned task with FVD for
-    generation and the sampling time; the same with the best of k samples per video.
+    generation and the sampling time; the same with the best of k samples per video; and,
+    with more than one training seed, each training seed's means side by side.
 
     :param summary: summary[row][task] from ``figure_summary``.
     :param baselines: baselines[task] = {"copy_last_given": {"psnr", "ssim"}, "black": {...}}.
     :param ceiling: ceiling[task], a perfect model's figures summarised like a row's (embedded digits only).
+    :param by_seed: by_seed[row][task] = [``figure_summary`` of training seed 0, of seed 1, ...].
     """
     cond = [t for t in tasks if not t.generation]
     gen = [t for t in tasks if t.generation]
@@ -241,7 +249,33 @@ def markdown_tables(rows: Sequence[Row], tasks: Sequence[Task], summary: Dict, b
     out = ["Mean over samples (mean ± sample standard deviation, ddof 1, over seeds):", ""] + table("mean")
     if samples_per_video > 1:
         out += ["", f"Best of {samples_per_video} samples per video (mean ± sample standard deviation, ddof 1, over seeds):", ""] + table("best")
+    if by_seed and max(len(v) for r in by_seed.values() for v in r.values()) > 1:
+        out += ["", "Each training seed on its own (mean over samples and sampling seeds; seed 0 / seed 1 / ...): "
+                    "a difference between two rows that the seeds do not agree on is not a finding.", ""]
+        out += per_seed_table(rows, tasks, by_seed)
     return "\n".join(out) + "\n"
+
+
+def per_seed_table(rows: Sequence[Row], tasks: Sequence[Task], by_seed: Dict) -> List[str]:
+    """One line per row: each figure as 'seed 0 / seed 1 / ...' (means over sampling seeds)."""
+    cond = [t for t in tasks if not t.generation]
+    gen = [t for t in tasks if t.generation]
+    head = ["row"] + [x for t in cond for x in (f"{t.label} PSNR", "SSIM")] + [f"{t.label} FVD" for t in gen]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def seeds(row_key, task_key, name, digits):
+        per = by_seed.get(row_key, {}).get(task_key) or []
+        return " / ".join(f"{s[name]['mean']:.{digits}f}" if name in s else "–" for s in per) or "–"
+
+    for r in rows:
+        cells = [r.key]
+        for t in cond:
+            cells += [seeds(r.key, t.key, "psnr_mean", 2), seeds(r.key, t.key, "ssim_mean", 3)]
+        for t in gen:
+            g = generation_row(rows, r.model)
+            cells.append(seeds(g.key, t.key, "fvd", 0) if g.key == r.key else f"= {g.key}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def side_by_side(task_label: str, gt_and_mask: Sequence[Tuple[np.ndarray, np.ndarray]],
