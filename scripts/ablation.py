@@ -86,10 +86,11 @@ def build_parser():
                         "is then tested against a second draw of the training)")
     p.add_argument("--variants", default="abcdef", help="which rows, as letters (default: abcdef)")
     p.add_argument("--resample", default="5", help="variant d: resampling repetitions R, one row each")
-    p.add_argument("--guidance", default="1.5,3", help="variant e: frame guidance scales, one row each")
+    p.add_argument("--guidance", default="2", help="variant e: frame guidance scales, one row each")
     p.add_argument("--seeds", type=int, default=3, help="sampling seeds (at least 3)")
     p.add_argument("--num_videos", type=int, default=16, help="held-out test videos per conditioned task")
-    p.add_argument("--samples_per_video", type=int, default=2, help="samples per test video (best-of-k)")
+    p.add_argument("--samples_per_video", type=int, default=1,
+                   help="samples per test video (with more than one, a best-of-k table too)")
     p.add_argument("--fvd_videos", type=int, default=32, help="videos generated (and real clips) for FVD")
     p.add_argument("--gen_frames", type=int, default=16, help="frames of a generated video (I3D needs >= 10)")
     p.add_argument("--sampler", default="ddim", choices=tuple(SAMPLERS),
