@@ -111,7 +111,9 @@ def test_sigma_data_skip_passes_near_clean_inputs_through():
                                 dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_deadzone=True,
                                      warp_inside_cost=True, predict_xstart=True),
                                 dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_objects=True,
-                                     predict_xstart=True)])
+                                     predict_xstart=True),
+                                dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_objects=True,
+                                     warp_gate=True, sigma_data=0.5, predict_xstart=True)])
 def test_each_lever_trains(kw):
     torch.manual_seed(0)
     cfg = micro_config(**kw)
@@ -281,3 +283,40 @@ def test_the_gated_object_head_keeps_what_the_tracker_explains_and_corrects_the_
     changed[:, 0, 1] = -changed[:, 0, 1]  # the second given frame no longer follows from the first
     correction, _ = head(raw, head.match(changed, two)).split(3, dim=1)
     assert torch.equal(correction[:, :, 2:], raw[:, -3:, 2:])
+
+
+def test_with_edms_skip_the_gate_still_holds_the_trackers_frames_and_the_rest_get_the_skip():
+    # the tiny recipe's head (objects, gate) with --sigma_data: the skip passes the noisy input
+    # through at low noise, which must not reach the frames the gate holds to the tracker
+    cfg = micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, warp_exact=True,
+                       warp_objects=True, warp_gate=True, sigma_data=0.5, image_size=16, seq_len=6)
+    validate(cfg)
+    torch.manual_seed(0)
+    model, diffusion = create_model(cfg), create_diffusion(cfg)
+    for p in model.parameters():  # an arbitrary network, not the zero-initialised output
+        p.data.normal_(0, 0.05)
+    video = ((_square_video((1, 2)) + 1) * 127.5).round() / 127.5 - 1  # on the tracker's grey levels
+    changed = video.clone()
+    changed[:, 0, 1] = -changed[:, 0, 1]  # the second given frame no longer follows from the first
+    two = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    observed = two[:, None, :, None, None].bool()
+    for t in (2, 50, 99):  # of the micro process's 100 steps
+        tt = torch.tensor([t])
+        x_t = torch.where(observed, video, diffusion.q_sample(video, tt))
+        with torch.no_grad():
+            out = model(x_t, tt, obs_mask=two)
+        assert out.shape[1] == 7  # [F, W, c]
+        x0 = diffusion.xstart_from_output(out, x_t, tt)
+        assert (x0 - video)[:, :, 2:].abs().max() < 1e-5, t  # explained: the tracker's, whatever the noise
+        x_c = torch.where(observed, changed, diffusion.q_sample(changed, tt))
+        with torch.no_grad():
+            out = model(x_c, tt, obs_mask=two)
+        assert (out[:, 6:, 2:] == 0).all()  # not explained: nothing held
+        naive = diffusion.extract("sqrt_recip_alphas_cumprod", tt, 5) * x_c
+        skip = diffusion.extract("edm_c_skip", tt, 5)
+        expected = out[:, 3:6] + skip * (naive - out[:, 3:6]) + diffusion.extract("edm_c_out", tt, 5) * out[:, :3]
+        assert torch.allclose(diffusion.xstart_from_output(out, x_c, tt)[:, :, 2:], expected[:, :, 2:],
+                              atol=1e-6)
+    # without the skip the head keeps its two parts
+    assert create_model(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True,
+                                     warp_gate=True)).head.hold is False

@@ -94,7 +94,8 @@ class GaussianDiffusion:
     :param prior_mean: with x_0 prediction, the network outputs [F, W] (2C channels), W a
         prior mean of x_0 such as the nearest given frame warped to where its content moves
         (``unet.WarpHead``); x_0 is written around it: W + c_skip (x - W) + c_out F, or W + F
-        without ``sigma_data``.
+        without ``sigma_data``. A gated head may add a third part, c (one channel, 2C + 1 in
+        all): where c is 1 the gate holds x_0 to W, so the skip counts (1 - c) c_skip there.
     """
 
     def __init__(self, *, betas, model_mean_type: ModelMeanType, model_var_type: ModelVarType,
@@ -216,12 +217,13 @@ class GaussianDiffusion:
         The x_0 an x_0-predicting network's output stands for: the output itself, or with
         ``sigma_data`` / ``prior_mean`` the preconditioned W + c_skip (x - W) + c_out F.
 
-        :param out: [N, C, ...] F, or [N, 2C, ...] [F, W] with ``prior_mean``.
+        :param out: [N, C, ...] F, or [N, 2C, ...] [F, W] with ``prior_mean`` ([N, 2C + 1, ...]
+            [F, W, c] from a gated head: the skip stays out where c is 1).
         :param x_t: [N, C, ...] the network's input.
         :param t: [N] timesteps.
         """
         c = x_t.shape[1]
-        correction, prior = (out[:, :c], out[:, c:]) if self.prior_mean else (out, None)
+        correction, prior = (out[:, :c], out[:, c:2 * c]) if self.prior_mean else (out, None)
         if self.sigma_data == 0:
             return correction if prior is None else prior + correction
         nd = x_t.ndim
@@ -229,6 +231,8 @@ class GaussianDiffusion:
         skip, scale = self.extract("edm_c_skip", t, nd), self.extract("edm_c_out", t, nd)
         if prior is None:
             return skip * x + scale * correction
+        if out.shape[1] == 2 * c + 1:
+            skip = skip * (1 - out[:, 2 * c:])
         return prior + skip * (x - prior) + scale * correction
 
     def get_v(self, x_start, noise, t):
@@ -240,9 +244,9 @@ class GaussianDiffusion:
     def split_model_output(self, model_output, channels: int):
         """Split a learned-sigma output into (mean part, variance part); variance part is None otherwise."""
         if self.prior_mean:
-            if model_output.shape[1] != 2 * channels:
-                raise ValueError(f"a prior-mean model must output {2 * channels} channels ([F, W]), got "
-                                 f"{model_output.shape[1]}")
+            if model_output.shape[1] not in (2 * channels, 2 * channels + 1):
+                raise ValueError(f"a prior-mean model must output {2 * channels} channels ([F, W]) or "
+                                 f"{2 * channels + 1} ([F, W, c]), got {model_output.shape[1]}")
             return model_output, None
         if self.model_var_type == ModelVarType.LEARNED_RANGE:
             if model_output.shape[1] != 2 * channels:

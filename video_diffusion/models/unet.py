@@ -59,6 +59,8 @@ class UNet3D(nn.Module):
     :param warp_deadzone: corrections under one grey level count 1% only (``WarpHead(deadzone=True)``).
     :param warp_inside_cost: the cost volume leaves out reads from outside the frame (``WarpHead(inside_only=True)``).
     :param warp_objects: the warp is the object tracker's prediction (``WarpHead(objects=True)``).
+    :param warp_hold: with ``warp_gate``, the output also carries the gate ([F, W, c], 2C + 1
+        channels), for a diffusion whose skip must stay out where the gate holds the warp.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -69,7 +71,7 @@ class UNet3D(nn.Module):
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
                  output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False,
                  warp_gate: bool = False, warp_exact: bool = False, warp_deadzone: bool = False,
-                 warp_inside_cost: bool = False, warp_objects: bool = False):
+                 warp_inside_cost: bool = False, warp_objects: bool = False, warp_hold: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -80,7 +82,8 @@ class UNet3D(nn.Module):
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
         self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
-                              inside_only=warp_inside_cost, objects=warp_objects) if output_head == "warp" else None)
+                              inside_only=warp_inside_cost, objects=warp_objects, hold=warp_hold)
+                     if output_head == "warp" else None)
         if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects) and output_head != "warp":
             raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost and warp_objects need output_head "
                              "'warp'")
@@ -156,7 +159,7 @@ class UNet3D(nn.Module):
         :param timesteps: [N] diffusion timesteps.
         :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
         :param y: [N] class labels, when class-conditional.
-        :return: [N, out_channels, T, H, W] ([N, 2 in_channels, ...] with the warp head).
+        :return: [N, out_channels, T, H, W] ([N, 2 in_channels (+ 1 with warp_hold), ...] with the warp head).
         """
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"frame size {tuple(x.shape[-2:])} is not divisible by the total downsampling "

@@ -128,10 +128,12 @@ class WarpHead(nn.Module):
     """
 
     def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False,
-                 inside_only: bool = False, objects: bool = False):
+                 inside_only: bool = False, objects: bool = False, hold: bool = False):
         super().__init__()
+        if hold and not gate:
+            raise ValueError("the warp head's hold channel is the gate's: hold needs gate")
         self.gate, self.exact, self.deadzone, self.inside_only = gate, exact, deadzone, inside_only
-        self.objects = objects
+        self.objects, self.hold = objects, hold
         self._tracked = {}  # the last batch's tracker prediction (``tracked``)
         if radius < 0:
             raise ValueError(f"warp radius must be >= 0, got {radius}")
@@ -237,7 +239,9 @@ class WarpHead(nn.Module):
         """
         :param raw: [N, K + 2 + C, T, H, W] the network's output.
         :param match: ``self.match`` of the network's input.
-        :return: [N, 2C, T, H, W]: F, then W.
+        :return: [N, 2C, T, H, W]: F, then W; with ``hold`` [N, 2C + 1, T, H, W], then c, where
+            the gate holds x_0 to W: a diffusion with EDM's skip (``sigma_data``) must not pass
+            the noisy input through there.
         """
         k = self.num_candidates
         logits, salience, blend = raw[:, :k].float(), raw[:, k:k + 1].float(), raw[:, k + 1:k + 2].float()
@@ -266,7 +270,8 @@ class WarpHead(nn.Module):
             m = match.confidence + (1 - match.confidence) * m
         m = m * match.valid[:, None, :, 0, None, None]
         prior = m * prior
-        return torch.cat([correction, prior.to(raw.dtype)], dim=1)
+        held = [match.confidence.to(raw.dtype)] if self.hold else []
+        return torch.cat([correction, prior.to(raw.dtype)] + held, dim=1)
 
 
 def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = None):
