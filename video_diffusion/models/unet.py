@@ -84,9 +84,10 @@ class UNet3D(nn.Module):
         self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
                               inside_only=warp_inside_cost, objects=warp_objects, hold=warp_hold)
                      if output_head == "warp" else None)
-        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects) and output_head != "warp":
-            raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost and warp_objects need output_head "
-                             "'warp'")
+        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects or warp_hold) \
+                and output_head != "warp":
+            raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost, warp_objects and warp_hold need "
+                             "output_head 'warp'")
         if warp_input and output_head != "warp":
             raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
         self.warp_input = warp_input
