@@ -2,12 +2,14 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.config import Config, apply_overrides
 from video_diffusion.data import MovingDigits
+from video_diffusion.data.synthetic import Digit
 from video_diffusion.distributed import DistContext
 from video_diffusion.models.unet import UNet3D
 from video_diffusion.training.logger import RunLogger
@@ -108,3 +110,14 @@ def run(model, n, c, t, h, w, mask=None):
     x = torch.randn(n, c, t, h, w)
     mask = torch.zeros(n, t) if mask is None else mask
     return model(x, torch.randint(0, 1000, (n,)), obs_mask=mask)
+
+
+def digits_behind_each_other(frames: int = 8) -> np.ndarray:
+    """uint8 [T, 32, 32, 3]: a grey 3 passing behind a white 8 (they overlap in frame 1, which
+    hides part of the 3) while a green 1 moves freely far from both (rows 19-29, from column 3
+    one pixel per frame)."""
+    ds = MovingDigits(32, frames)
+    digits = [Digit(ds.glyphs[k], np.array(colour), np.array(pos), np.array(vel)) for k, colour, pos, vel in
+              [(8, (1.0, 1.0, 1.0), (6, 4), (0, 2)), (3, (0.5, 0.5, 0.5), (7, 14), (0, -2)),
+               (1, (0.2, 0.9, 0.3), (19, 3), (0, 1))]]
+    return ds.render(digits, [ds.corners(d, frames) for d in digits])

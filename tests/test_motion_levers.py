@@ -7,10 +7,11 @@ video removes), and EDM's skip on the x_0 prediction.
 import pytest
 import torch
 
-from conftest import micro_config
+from conftest import digits_behind_each_other, micro_config
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.config import validate
 from video_diffusion.models.nn import ChannelNorm, GroupNorm32
+from video_diffusion.models.tracker import track
 from video_diffusion.models.warp import WarpHead, shifted_reads
 
 
@@ -113,7 +114,9 @@ def test_sigma_data_skip_passes_near_clean_inputs_through():
                                 dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_objects=True,
                                      predict_xstart=True),
                                 dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_objects=True,
-                                     warp_gate=True, sigma_data=0.5, predict_xstart=True)])
+                                     warp_gate=True, sigma_data=0.5, predict_xstart=True),
+                                dict(output_head="warp", given_frame_input=True, warp_exact=True, warp_objects=True,
+                                     warp_gate=True, warp_verdict="pixel", predict_xstart=True)])
 def test_each_lever_trains(kw):
     torch.manual_seed(0)
     cfg = micro_config(**kw)
@@ -149,6 +152,9 @@ def test_bad_lever_combinations_are_named():
     for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost", "warp_objects"):
         with pytest.raises(ValueError, match=f"--{name} needs --output_head warp"):
             validate(micro_config(**{name: True}, given_frame_input=True))
+    with pytest.raises(ValueError, match="--warp_verdict pixel needs --warp_objects and --warp_gate"):
+        validate(micro_config(output_head="warp", given_frame_input=True, predict_xstart=True, warp_objects=True,
+                              warp_verdict="pixel"))
 
 
 def test_the_gate_keeps_the_correction_out_where_the_given_frames_explain_the_warp():
@@ -283,6 +289,26 @@ def test_the_gated_object_head_keeps_what_the_tracker_explains_and_corrects_the_
     changed[:, 0, 1] = -changed[:, 0, 1]  # the second given frame no longer follows from the first
     correction, _ = head(raw, head.match(changed, two)).split(3, dim=1)
     assert torch.equal(correction[:, :, 2:], raw[:, -3:, 2:])
+
+
+def test_the_verdict_per_pixel_holds_the_trackers_digits_in_a_frame_it_does_not_explain():
+    frames = digits_behind_each_other(6)  # a 3 behind an 8 in the given frame 1, a 1 far from both
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    two = torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    raw = torch.randn(1, WarpHead(2).num_outputs(3), 6, 32, 32)  # an arbitrary network output
+    by_frame, by_pixel = (WarpHead(2, exact=True, objects=True, gate=True, verdict=v) for v in ("frame", "pixel"))
+    c = by_pixel.match(video, two).confidence
+    assert c.shape == (1, 1, 6, 32, 32) and not by_frame.match(video, two).confidence[:, :, 2:].any()
+    held = c[0, 0, 2:].bool()
+    assert 0.5 < held.float().mean() < 1.0
+    correction, prior = by_pixel(raw, by_pixel.match(video, two)).split(3, dim=1)
+    tracker = torch.from_numpy(track(frames, [0, 1])).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    # held pixels: x_0 = W + F is the tracker's, whatever the network says; the others pass F whole
+    assert torch.equal(correction[0, :, 2:][:, held], torch.zeros(3, int(held.sum())))
+    assert (prior[0, :, 2:][:, held] - tracker[0, :, 2:][:, held]).abs().max() < 1e-6
+    assert torch.equal(correction[0, :, 2:][:, ~held], raw[0, -3:, 2:][:, ~held])
+    with pytest.raises(ValueError, match="needs objects and gate"):
+        WarpHead(2, objects=True, verdict="pixel")
 
 
 def test_with_edms_skip_the_gate_still_holds_the_trackers_frames_and_the_rest_get_the_skip():

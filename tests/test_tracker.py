@@ -6,7 +6,7 @@ exactly what it can know (objects with visible motion, bounces included).
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, digits_behind_each_other
 
 from video_diffusion.data.synthetic import Digit, MovingDigits, reflect_step
 from video_diffusion.evaluation.quality import copy_last_given
@@ -127,3 +127,26 @@ def test_a_bounce_between_the_given_frames_is_read_as_the_slower_motion():
     assert (pred == video).all() and ok.all()
     fast = _video([(6, (1.0, 0.5, 0.4), (25, 8), (3, 1))])  # the other reading, seen from frame 2 on
     assert (fast[:2] == video[:2]).all() and not (fast[2:] == video[2:]).all()
+
+
+def test_the_verdict_per_pixel_keeps_what_the_tracker_explains_and_gives_up_where_it_is_wrong():
+    video = digits_behind_each_other()  # the free 1: rows 19-29, from column 3, one pixel per frame
+    pred, ok = track(video, [0, 1], explained=True)
+    _, sure = track(video, [0, 1], explained=True, per_pixel=True)
+    assert sure.shape == video.shape[:3] and sure[:2].all()
+    assert not ok[2:].any()  # the hidden part of the 3: no frame after 1 is explained
+    wrong = (pred != video).any(axis=-1)
+    assert wrong[2:].sum() > 20
+    assert not (wrong & sure).any()  # every pixel the tracker gets wrong is given up
+    free = np.zeros_like(sure)  # the free 1, which the tracker carries exactly, stays held
+    for f in range(2, 8):
+        free[f, 19:30, 3 + f:8 + f] = True
+    assert sure[free].all() and not wrong[free].any()
+    assert 0.5 < sure[2:].mean() < 1.0
+    # a video the tracker explains is held whole, as per frame
+    alone = _video([(6, (1.0, 0.5, 0.4), (5, 8), (1, 2))])
+    _, sure = track(alone, [0, 1], explained=True, per_pixel=True)
+    assert sure.all()
+    # one given frame explains nothing
+    _, sure = track(alone, [0], explained=True, per_pixel=True)
+    assert sure[0].all() and not sure[1:].any()

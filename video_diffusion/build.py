@@ -43,6 +43,7 @@ def create_model(cfg: Config) -> UNet3D:
         warp_deadzone=m.warp_deadzone,
         warp_inside_cost=m.warp_inside_cost,
         warp_objects=m.warp_objects,
+        warp_verdict=m.warp_verdict,
         # EDM's skip passes the noisy input through; where the gate holds x_0 to the warp it must not
         warp_hold=m.warp_gate and cfg.diffusion.sigma_data > 0,
         num_classes=m.num_classes or None,

@@ -67,6 +67,9 @@ class ModelConfig:
                                        "the frame, instead of reading its border pixel")
     warp_objects: bool = _f(False, "--output_head warp: the warp is the object tracker's prediction (objects moved on, "
                             "reflecting off the borders) instead of the block matcher's")
+    warp_verdict: str = _f("frame", "--warp_objects --warp_gate: where the tracker's prediction is held: in the "
+                           "frames it explains ('frame'), or also in the pixels of the other frames that nothing "
+                           "it leaves unexplained can reach ('pixel')", choices=("frame", "pixel"))
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -227,6 +230,9 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
     for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost", "warp_objects"):
         if getattr(m, name) and m.output_head != "warp":
             raise ValueError(f"--{name} needs --output_head warp")
+    if m.warp_verdict != "frame" and not (m.warp_objects and m.warp_gate):
+        raise ValueError(f"--warp_verdict {m.warp_verdict} needs --warp_objects and --warp_gate: it is the "
+                         "tracker's verdict, and the gate holds the prediction where it is given")
     if m.warp_radius < 0:
         raise ValueError(f"--warp_radius must be >= 0, got {m.warp_radius}")
     if m.output_head == "warp" and not d.predict_xstart:

@@ -159,6 +159,12 @@ def segment(frame: np.ndarray, partner: np.ndarray, lag: int, radius: int) -> Li
     return objects
 
 
+def _displacement(mask: np.ndarray, velocity: np.ndarray, frames: int) -> np.ndarray:
+    """How far the object ``mask`` has moved ``frames`` frames on (int64 [2]): the box moves whole."""
+    corner, size = _box(mask)
+    return move(corner, velocity, np.array(mask.shape) - size, frames) - corner
+
+
 def _draw(canvas: np.ndarray, frame: np.ndarray, mask: np.ndarray, velocity: np.ndarray, frames: int):
     """Draws the object ``mask`` of ``frame`` onto ``canvas`` [H, W, C] moved on by ``frames``
     frames at ``velocity`` (the brighter value where objects overlap, as the generator draws them)."""
@@ -169,7 +175,21 @@ def _draw(canvas: np.ndarray, frame: np.ndarray, mask: np.ndarray, velocity: np.
     np.maximum(region, patch, out=region)
 
 
-def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: bool = False):
+def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` [H, W] bool grown by ``pixels`` in every direction (8-connected)."""
+    if pixels <= 0:
+        return mask
+    x = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return F.max_pool2d(x, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
+
+
+def _moved_by(mask: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """A bool map [H, W] moved by ``delta`` (int [2]) whole pixels, False where nothing moves in."""
+    return _shift(mask[..., None], int(delta[0]), int(delta[1]))[..., 0]
+
+
+def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: bool = False,
+          per_pixel: bool = False):
     """
     Every frame of ``video`` predicted from its given frames alone.
 
@@ -181,7 +201,12 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: b
         (bool [T]; True on given frames, False for frames drawn from one given frame). Where a
         frame is not explained the tracker has met something it does not model: digits that
         touch or overlap and were not split, a velocity outside ``radius``.
-    :return: uint8 [T, H, W, C], the given frames as they are (and the bool [T] with ``explained``).
+    :param per_pixel: with ``explained``, the verdict per pixel (bool [T, H, W]): in a frame that
+        is not explained, False only where an unexplained pixel of the given frames can land (one
+        of an object that does not redraw the other given frame, or ink there no object redraws),
+        moved on by any object's motion and grown by one pixel; True elsewhere. Where two digits
+        touch, the rest of the frame is still the tracker's.
+    :return: uint8 [T, H, W, C], the given frames as they are (and the verdict with ``explained``).
     """
     if video.ndim != 4 or video.dtype != np.uint8:
         raise ValueError(f"the object tracker takes a uint8 video [T, H, W, C], got {video.dtype} of shape {video.shape}")
@@ -195,6 +220,8 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: b
     out = np.zeros_like(frames)
     ok = np.zeros(t, dtype=bool)
     ok[given] = True
+    sure = np.zeros(video.shape[:3], dtype=bool)  # the verdict per pixel
+    sure[given] = True
     # each frame's nearest given frame (the earlier one on a tie), and each source's nearest other given frame
     source = {f: min(given, key=lambda g: (abs(g - f), g)) for f in range(t) if f not in given}
     for s in sorted(set(source.values())):
@@ -209,11 +236,32 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: b
             for f in targets:
                 _draw(out[f], frames[s], mask, velocity, f - s)
         ok[targets] = bool(others)
+        misfits = []  # (the frame, its pixels nothing here explains) for the verdict per pixel
         for g in others:  # explained: every other given frame redrawn from this one's objects
             redrawn = np.zeros_like(frames[s])
             for mask, velocity in zip(objects, velocities):
                 _draw(redrawn, frames[s], mask, velocity, g - s)
-            ok[targets] &= bool(np.abs(redrawn - frames[g]).max() <= 1.0)
+            wrong = np.abs(redrawn - frames[g]).max(axis=-1) > 1.0
+            ok[targets] &= not wrong.any()
+            if per_pixel:
+                misfits.append((g, wrong))
+                # and each object's own pixels that do not land on their value in g (one object
+                # drawn over another can still leave the redrawn frame right)
+                for mask, velocity in zip(objects, velocities):
+                    delta = _displacement(mask, velocity, g - s)
+                    misfits.append((s, mask & (np.abs(_shift(frames[g], -delta[0], -delta[1]) - frames[s]).max(axis=-1)
+                                               > 1.0)))
+        if per_pixel and others:  # a frame drawn from one given frame stays unexplained
+            for f in targets:
+                unsure = np.zeros(video.shape[1:3], dtype=bool)
+                for mask, velocity in zip(objects, velocities):  # the misfits moved on by each object's motion
+                    to_f = _displacement(mask, velocity, f - s)
+                    for g, wrong in misfits:
+                        unsure |= _moved_by(wrong, to_f - _displacement(mask, velocity, g - s))
+                sure[f] = ~_dilate(unsure, 1)
     out[given] = frames[given]
     out = np.round(out).astype(np.uint8)
+    if explained and per_pixel:
+        sure[ok] = True
+        return out, sure
     return (out, ok) if explained else out

@@ -59,6 +59,8 @@ class UNet3D(nn.Module):
     :param warp_deadzone: corrections under one grey level count 1% only (``WarpHead(deadzone=True)``).
     :param warp_inside_cost: the cost volume leaves out reads from outside the frame (``WarpHead(inside_only=True)``).
     :param warp_objects: the warp is the object tracker's prediction (``WarpHead(objects=True)``).
+    :param warp_verdict: with ``warp_objects`` and ``warp_gate``, the tracker's verdict per "frame"
+        or per "pixel" (``WarpHead(verdict=...)``).
     :param warp_hold: with ``warp_gate``, the output also carries the gate ([F, W, c], 2C + 1
         channels), for a diffusion whose skip must stay out where the gate holds the warp.
     """
@@ -71,7 +73,8 @@ class UNet3D(nn.Module):
                  patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
                  output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False,
                  warp_gate: bool = False, warp_exact: bool = False, warp_deadzone: bool = False,
-                 warp_inside_cost: bool = False, warp_objects: bool = False, warp_hold: bool = False):
+                 warp_inside_cost: bool = False, warp_objects: bool = False, warp_hold: bool = False,
+                 warp_verdict: str = "frame"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -82,12 +85,13 @@ class UNet3D(nn.Module):
         if output_head == "warp" and out_channels != in_channels:
             raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
         self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
-                              inside_only=warp_inside_cost, objects=warp_objects, hold=warp_hold)
+                              inside_only=warp_inside_cost, objects=warp_objects, hold=warp_hold,
+                              verdict=warp_verdict)
                      if output_head == "warp" else None)
-        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects or warp_hold) \
-                and output_head != "warp":
-            raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost, warp_objects and warp_hold need "
-                             "output_head 'warp'")
+        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects or warp_hold
+                or warp_verdict != "frame") and output_head != "warp":
+            raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost, warp_objects, warp_hold and "
+                             "warp_verdict need output_head 'warp'")
         if warp_input and output_head != "warp":
             raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
         self.warp_input = warp_input

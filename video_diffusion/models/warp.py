@@ -125,13 +125,21 @@ class WarpHead(nn.Module):
     the tracker's verdict per frame (1 where its objects redraw the other given frames), and
     both F and the blend are held there: x_0 = c W_0 + (1 - c)(m W_0 + F), so the network
     learns only what the tracker cannot explain (touching digits, one given frame, generation).
+    ``verdict="pixel"`` makes c the tracker's verdict per pixel (``track(per_pixel=True)``): in a
+    frame it does not explain, c is 0 only where what it leaves unexplained can land, so two
+    touching digits no longer hand the whole frame to the network.
     """
 
     def __init__(self, radius: int = 3, gate: bool = False, exact: bool = False, deadzone: bool = False,
-                 inside_only: bool = False, objects: bool = False, hold: bool = False):
+                 inside_only: bool = False, objects: bool = False, hold: bool = False, verdict: str = "frame"):
         super().__init__()
         if hold and not gate:
             raise ValueError("the warp head's hold channel is the gate's: hold needs gate")
+        if verdict not in ("frame", "pixel"):
+            raise ValueError(f"the tracker's verdict is per 'frame' or per 'pixel', got {verdict!r}")
+        if verdict != "frame" and not (objects and gate):
+            raise ValueError("a verdict per pixel is the tracker's, for the gate: it needs objects and gate")
+        self.per_pixel = verdict == "pixel"
         self.gate, self.exact, self.deadzone, self.inside_only = gate, exact, deadzone, inside_only
         self.objects, self.hold = objects, hold
         self._tracked = {}  # the last batch's tracker prediction (``tracked``)
@@ -172,8 +180,8 @@ class WarpHead(nn.Module):
             # The tracker's prediction replaces the candidates' warp whole, and its verdict the
             # block matcher's confidence: the cost volume would be built only to be dropped.
             with torch.no_grad():
-                unlearned, explained = tracked(x, obs_mask, self.radius, self._tracked)
-            confidence = explained[:, None, :, None, None].expand(n, 1, t, h, w)
+                unlearned, explained = tracked(x, obs_mask, self.radius, self._tracked, self.per_pixel)
+            confidence = explained[:, None] if self.per_pixel else explained[:, None, :, None, None].expand(n, 1, t, h, w)
             return WarpMatch(content=None, cost=None, evidence=None, valid=valid, along=None,
                              unlearned=unlearned.to(x.dtype), confidence=confidence.to(x.dtype))
         here = torch.arange(t, device=x.device)[None, :]
@@ -274,7 +282,7 @@ class WarpHead(nn.Module):
         return torch.cat([correction, prior.to(raw.dtype)] + held, dim=1)
 
 
-def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = None):
+def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = None, per_pixel: bool = False):
     """
     The object tracker's prediction of every video from its given frames (zeros for a video
     with no given frame).
@@ -283,20 +291,21 @@ def tracked(x: torch.Tensor, obs_mask: torch.Tensor, radius: int, memo: dict = N
     :param obs_mask: [N, T], 1 on given frames.
     :param memo: a dict that keeps the last call's result: a sampler calls the network many times
         on the same given frames, and the tracker reads nothing else.
+    :param per_pixel: the verdict per pixel (``track(per_pixel=True)``).
     :return: ([N, C, T, H, W] float32 in [-1, 1], [N, T] bool: the frames the tracker explains,
-        ``track(explained=True)``).
+        ``track(explained=True)``; [N, T, H, W] with ``per_pixel``).
     """
     given = obs_mask.detach().bool().cpu().numpy()
     frames = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
     frames = frames * given[:, :, None, None, None]
-    key = (frames.tobytes(), given.tobytes(), radius, x.device)
+    key = (frames.tobytes(), given.tobytes(), radius, x.device, per_pixel)
     if memo is not None and memo.get("key") == key:
         return memo["value"]
     out = torch.zeros(x.shape, dtype=torch.float32)
-    explained = torch.zeros(x.shape[0], x.shape[2], dtype=torch.bool)
+    explained = torch.zeros((x.shape[0], x.shape[2]) + (tuple(x.shape[3:]) if per_pixel else ()), dtype=torch.bool)
     for i in range(x.shape[0]):
         if given[i].any():
-            video, ok = track(frames[i], np.flatnonzero(given[i]), radius, explained=True)
+            video, ok = track(frames[i], np.flatnonzero(given[i]), radius, explained=True, per_pixel=per_pixel)
             out[i] = torch.from_numpy(video).permute(3, 0, 1, 2) / 127.5 - 1
             explained[i] = torch.from_numpy(ok)
     value = (out.to(x.device), explained.to(x.device))
@@ -312,7 +321,7 @@ class WarpMatch:
     candidates (``along``), W_0 [N, C, T, H, W], the warp before anything is learned, and its
     confidence c [N, 1, T, H, W] = exp(-beta * the cost of W_0's choice), 0 without a second given frame.
     With ``objects``, W_0 is the tracker's prediction, c its verdict (1 on the frames it explains,
-    else 0), and the block matcher's fields (content, cost, evidence, along) are None."""
+    else 0; per pixel with ``verdict="pixel"``), and the block matcher's fields (content, cost, evidence, along) are None."""
     content: Optional[torch.Tensor]
     cost: Optional[torch.Tensor]
     evidence: Optional[torch.Tensor]
