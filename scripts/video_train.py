@@ -68,11 +68,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted twice: stopped without a checkpoint", file=sys.stderr)
         status = 130
-    finally:
+    except BaseException:  # anything else goes on with its traceback, after the group is left
         logger.close()
         distributed.cleanup(ctx)
-    if status:
-        sys.exit(status)
+        raise
+    logger.close()
+    distributed.finish(ctx, status)
 
 
 if __name__ == "__main__":

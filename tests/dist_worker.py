@@ -22,7 +22,7 @@ def main(config_json, out_dir):
     logger.close()
     torch.save({"init": init, "params": [p.detach().clone() for p in loop.model.parameters()], "world_size": ctx.world_size,
                 "launcher": ctx.launcher}, f"{out_dir}/rank{ctx.rank}.pt")
-    distributed.cleanup(ctx)
+    distributed.finish(ctx)
 
 
 if __name__ == "__main__":

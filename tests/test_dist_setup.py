@@ -94,3 +94,35 @@ def test_mpi_honours_master_addr(tmp_path):
     ok, _ = run_ranks(tmp_path / "b", [{"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}],
                       launcher=(MPIEXEC, "-n", "2"))
     assert ok[0][0] == 0, ok
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+def test_a_distributed_run_finishes_with_its_status_after_the_exit_hooks(tmp_path):
+    # finish() ends a DDP process without the interpreter's teardown (gloo's threads outlive
+    # the group); what a normal exit does must still happen: exit hooks, flushed output, status
+    script = tmp_path / "end.py"
+    script.write_text(
+        "import atexit, sys, torch\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from video_diffusion import distributed\n"
+        "ctx = distributed.setup_dist('cpu')\n"
+        "ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))\n"
+        "ddp(torch.ones(2, 3)).sum().backward()\n"
+        f"atexit.register(lambda: open({str(tmp_path)!r} + f'/hook{{ctx.rank}}', 'w').write('ran'))\n"
+        "sys.stdout.write(f'rank {ctx.rank} done')  # no newline: only a flush writes it\n"
+        "distributed.finish(ctx, int(sys.argv[1]))\n"
+        "raise SystemExit('finish() returned')\n")
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), "75"], env=script_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
+    assert "returned" not in proc.stderr and "terminate" not in proc.stderr
+    assert (tmp_path / "hook0").read_text() == "ran" and (tmp_path / "hook1").read_text() == "ran"
+    # on one process it returns (status 0) or exits with the status, as sys.exit does
+    from video_diffusion.distributed import DistContext, finish
+
+    single = DistContext(0, 1, 0, 1, torch.device("cpu"), "single")
+    assert finish(single, 0) is None
+    with pytest.raises(SystemExit) as stop:
+        finish(single, 3)
+    assert stop.value.code == 3

@@ -13,9 +13,11 @@ Rule kept throughout the code base: every rank calls every collective; rank chec
 guard only file writes and printing.
 """
 
+import atexit
 import datetime
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -182,6 +184,30 @@ def setup_dist(device: str = "auto", timeout_minutes: int = 30) -> DistContext:
 def cleanup(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish(ctx: DistContext, status: int = 0) -> None:
+    """
+    The end of a script that trained with DDP: leave the process group and end with ``status``
+    (on one process: return, or ``sys.exit(status)`` when it is not 0).
+
+    A distributed process ends by ``os._exit`` after the exit hooks have run (mpi4py's
+    MPI_Finalize, the DataLoader workers' kill hook) and the streams are flushed, without the
+    interpreter's own teardown: DDP's reducer keeps the gloo group alive from C++ to the end
+    (``destroy_process_group`` leaves its threads running), and a thread of it that releases
+    the last collective's tensors while the interpreter is finalizing aborts the process
+    ("terminate called without an active exception"): about one 2-rank CPU run in 60 did, after
+    its last checkpoint, under load.
+    """
+    cleanup(ctx)
+    if not ctx.distributed:
+        if status:
+            sys.exit(status)
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def all_reduce_sum(ctx: DistContext, tensor: torch.Tensor) -> torch.Tensor:
