@@ -204,7 +204,7 @@ def finish(ctx: DistContext, status: int = 0) -> None:
         if status:
             sys.exit(status)
         return
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what a normal exit runs first (CPython's, the one way to run them by hand)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
