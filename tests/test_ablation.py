@@ -43,7 +43,7 @@ def test_trained_variants_differ_only_in_the_ablated_fields(tmp_path):
     assert diff["c"] == {"uncondition_rate": (0.25, 1.0)}
     # f is the plain network: b without the recipe's given-frame input and warp head
     plain = {"given_frame_input": (True, False), "output_head": ("warp", "direct"), "warp_exact": (True, False),
-             "warp_objects": (True, False), "warp_gate": (True, False)}
+             "warp_objects": (True, False), "warp_gate": (True, False), "warp_verdict": ("pixel", "frame")}
     assert diff["f"] == plain
     # a differs from f in the mask input alone
     assert diff["a"] == {**plain, "mask_input": (True, False)}

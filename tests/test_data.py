@@ -90,6 +90,18 @@ def test_still_digits_do_not_move_and_say_so_in_the_fingerprint():
     assert still.fingerprint()["still"] is True
 
 
+def test_two_training_seeds_train_on_their_own_videos_and_are_scored_on_the_same_held_out_ones():
+    from video_diffusion.config import Config, apply_overrides
+    from video_diffusion.data import create_dataset
+    from video_diffusion.sampling.plan import test_dataset
+    seed0, seed1 = (apply_overrides(Config(), {"image_size": 32, "seq_len": 6, "seed": s}) for s in (0, 1))
+    assert not np.array_equal(create_dataset(seed0).frames(2), create_dataset(seed1).frames(2))
+    held0, held1 = test_dataset(seed0, 6), test_dataset(seed1, 6)
+    for v in range(4):
+        assert np.array_equal(held0.frames(v), held1.frames(v))
+        assert not np.array_equal(held0.frames(v), create_dataset(seed0).frames(v))
+
+
 def test_bad_dataset_arguments():
     with pytest.raises(ValueError, match="channels"):
         MovingDigits(32, 4, channels=2)

@@ -13,12 +13,13 @@ from typing import Any, Dict
 # the video removes a digit's colour) and the warp head, which carries the given frames on,
 # here with the object tracker's prediction as the warp (each object of the given frames
 # moved on at its velocity and reflected off the borders), gated by the tracker's own
-# verdict: where its objects redraw the other given frames the prediction is the tracker's,
-# and the network learns the rest (touching digits, one given frame, generation).
+# verdict per pixel: where its objects redraw the other given frames the prediction is the
+# tracker's, and in a frame they do not explain only the pixels its misfit can reach are left
+# to the network, which learns those (touching digits), one given frame and generation.
 _CPU_RECIPE = dict(image_size=32, seq_len=8, patch_size=2, num_res_blocks=1, channel_mult="1,2",
                    attention_resolutions="8", attention_type="full", num_heads=4, given_frame_input=True,
                    norm="channel", output_head="warp", warp_exact=True, warp_objects=True, warp_gate=True,
-                   predict_xstart=True, noise_schedule="cosine",
+                   warp_verdict="pixel", predict_xstart=True, noise_schedule="cosine",
                    max_num_mask_frames=3, uncondition_rate=0.25, lr=1e-3, lr_warmup_steps=100, batch_size=8,
                    sample_cond_frames=2)
 
