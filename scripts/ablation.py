@@ -233,28 +233,24 @@ def tables_of(args, rows, tasks, records):
     for task in tasks:
         if task.generation:
             continue
-        per_seed = []
-        for seed in range(args.train_seeds):
-            # the baselines are a function of the test videos alone, which the training seed draws
-            found = {json.dumps(r["metrics"]["baselines"], sort_keys=True)
-                     for (ts, rk, tk, s), r in records.items() if tk == task.key and ts == seed}
-            if len(found) != 1:
-                raise RuntimeError(f"the rows of task {task.key} (training seed {seed}) did not see the same test videos")
-            per_seed.append(json.loads(found.pop()))
-        # every row's figure is a mean over the training seeds' test videos, and so is each baseline
-        baselines[task.key] = {name: {k: float(np.mean([b[name][k] for b in per_seed])) for k in per_seed[0][name]}
-                               for name in per_seed[0]}
+        # the baselines are a function of the test videos alone, and every training seed is
+        # scored on the same held-out videos: one set of baselines, or the cells are not comparable
+        found = {json.dumps(r["metrics"]["baselines"], sort_keys=True)
+                 for (ts, rk, tk, s), r in records.items() if tk == task.key}
+        if len(found) != 1:
+            raise RuntimeError(f"the cells of task {task.key} did not all see the same test videos")
+        baselines[task.key] = json.loads(found.pop())
     return summary, by_seed, baselines
 
 
-def perfect_model(args, tasks, checkpoints):
-    """A perfect model's figures on the same test videos (each training seed's), per conditioned task
-    (embedded digits only)."""
-    configs = [Config.from_dict(load_checkpoint(c)["config"]) for c in checkpoints]
-    if configs[0].train.data_dir:
+def perfect_model(args, tasks, checkpoint):
+    """A perfect model's figures on the study's test videos (the same for every training seed),
+    per conditioned task (embedded digits only)."""
+    cfg = Config.from_dict(load_checkpoint(checkpoint)["config"])
+    if cfg.train.data_dir:
         return None
-    datasets = [test_dataset(cfg, cfg.model.seq_len) for cfg in configs]
-    seq_len = configs[0].model.seq_len
+    seq_len = cfg.model.seq_len
+    data = test_dataset(cfg, seq_len)
     out = {}
     for task in tasks:
         if task.generation:
@@ -263,7 +259,7 @@ def perfect_model(args, tasks, checkpoints):
         mask = task_mask(o["task"], 1, seq_len, o.get("num_cond_frames", 1), o.get("cond_frames", ""))
         out[task.key] = study.figure_summary([perfect_model_scores(data, mask[0].numpy(), args.num_videos,
                                                                    args.samples_per_video, seed=s)
-                                              for data in datasets for s in range(args.seeds)])
+                                              for s in range(args.seeds)])
     return out
 
 
@@ -350,14 +346,14 @@ def main(argv=None):
     if missing:
         raise SystemExit(f"cells missing: {', '.join(missing)}")
     summary, by_seed, baselines = tables_of(args, rows, tasks, records)
-    ceiling = perfect_model(args, tasks, [checkpoints[rows[0].model, ts] for ts in range(args.train_seeds)])
+    ceiling = perfect_model(args, tasks, checkpoints[rows[0].model, 0])
     tables = study.markdown_tables(rows, tasks, summary, baselines, args.samples_per_video, ceiling, by_seed)
     figures = pictures(rows, tasks, out)
     elapsed = {"total_seconds": time.time() - start, "training_seconds": trained - start}
     commands = sorted({r["command"] for r in records.values()})
     report = [f"# Ablation ({args.preset}, {args.max_steps} steps, {args.train_seeds} training seed(s), "
               f"{args.seeds} sampling seeds)", "",
-              f"{args.num_videos} held-out test videos (each training seed draws its own; the baselines and the perfect model are means over them) x {args.samples_per_video} samples per conditioned task, "
+              f"{args.num_videos} held-out test videos (the same for every training seed) x {args.samples_per_video} samples per conditioned task, "
               f"{args.fvd_videos} generated videos of {args.gen_frames} frames for FVD; sampler {args.sampler}, "
               f"{args.steps} network evaluations per window (x R when resampling, x 2 with guidance). "
               f"Seconds per video: sampling only, one process on {ctx.device}.", "", tables,

@@ -138,3 +138,20 @@ def test_each_training_seed_is_shown_on_its_own():
     # with one training seed there is nothing to set side by side
     one = {"b": {"pred2": [seed0]}}
     assert "Each training seed" not in study.markdown_tables(rows, tasks, summary, {}, 1, by_seed=one)
+
+
+def test_cells_scored_on_other_test_videos_are_refused():
+    ablation = load_script("ablation")
+    args = ablation.build_parser().parse_args([])
+    args.train_seeds = 2
+    rows = study.study_rows("b", [], [])
+    tasks = [t for t in study.study_tasks(8, 16) if t.key == "pred2"]
+    same = {"copy_last_given": {"psnr": 14.5, "ssim": 0.4}, "black": {"psnr": 16.25, "ssim": 0.5}}
+    records = {(ts, "b", "pred2", 0): {"metrics": {"psnr_mean": 20.0 + ts, "ssim_mean": 0.8, "baselines": same}}
+               for ts in range(2)}
+    summary, by_seed, baselines = ablation.tables_of(args, rows, tasks, records)
+    assert baselines["pred2"] == same and summary["b"]["pred2"]["psnr_mean"]["mean"] == pytest.approx(20.5)
+    # every training seed is scored on the same held-out videos, so their baselines must agree
+    records[1, "b", "pred2", 0]["metrics"]["baselines"] = {**same, "black": {"psnr": 17.0, "ssim": 0.5}}
+    with pytest.raises(RuntimeError, match="same test videos"):
+        ablation.tables_of(args, rows, tasks, records)
