@@ -4,7 +4,7 @@ unconditionally and sampled with replacement (and resampling), frame guidance, w
 preset's recipe buys over the plain network, and the plain network with and without the
 mask input, on the embedded moving digits. One command, one table.
 
-    python scripts/ablation.py                 # the full study, two training seeds: about 80 minutes on 2 CPU cores
+    python scripts/ablation.py                 # the full study, two training seeds: about 85 minutes on 2 CPU cores
     python scripts/ablation.py --quick         # a smoke version in a few minutes (CI)
     python scripts/ablation.py --preset small --train_seeds 3 --num_videos 64   # larger, e.g. on a GPU
 
