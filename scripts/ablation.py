@@ -42,9 +42,9 @@ from video_diffusion.studies import ablation as study
 from video_diffusion import distributed
 from video_diffusion.flags import parse_float_list, parse_int_list
 from video_diffusion.files import check_output_folder, write_atomically, write_image, write_json, write_npz
-from video_diffusion.training.checkpoint import checkpoint_name, load_checkpoint
+from video_diffusion.checkpoints import checkpoint_name, load_checkpoint
 from video_diffusion.config import PRESETS, Config, add_config_flags, config_differences, config_from_args
-from video_diffusion.studies.ceiling import perfect_model_scores
+from video_diffusion.evaluation.perfect import perfect_model_scores
 from video_diffusion.evaluation.quality import evaluate
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.sampling.loading import load_for_sampling

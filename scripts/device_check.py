@@ -120,7 +120,7 @@ def quality_run(out_dir: Path, smoke: bool, minutes: float, batch: int, num_vide
 
     from video_diffusion import distributed
     from video_diffusion.files import write_image
-    from video_diffusion.training.checkpoint import find_latest, load_checkpoint
+    from video_diffusion.checkpoints import find_latest, load_checkpoint
     from video_diffusion.evaluation.curve import curve_tasks, references
     from video_diffusion.evaluation.quality import evaluate
     from video_diffusion.sampling.loading import load_for_sampling

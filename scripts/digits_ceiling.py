@@ -7,12 +7,12 @@ scripts/evaluate.py's figures on the same held-out videos.
 
 The generator moves digits by whole pixels, so two given frames determine a digit's motion
 except where it may have bounced between them or another digit hides it; one frame leaves the
-velocity open. This draws samples from the exact posterior (video_diffusion/studies/ceiling.py:
+velocity open. This draws samples from the exact posterior (video_diffusion/evaluation/perfect.py:
 the generator's prior, kept where it reproduces the given frames) and scores them like the harness does:
 PSNR and SSIM over the generated frames, mean and best of --samples_per_video, beside the
 copy-last-frame and black-frame baselines. No model can beat the mean on average.
 
-It also scores the object tracker (video_diffusion/models/tracker.py), a model-free
+It also scores the object tracker (video_diffusion/evaluation/tracker.py), a model-free
 predictor that knows the digits are objects moving at constant velocity and reflecting off
 the borders: what that knowledge alone is worth, between the baselines and the ceiling.
 """
@@ -23,9 +23,9 @@ import numpy as np
 
 from video_diffusion.files import write_json
 from video_diffusion.config import PRESETS, Config, apply_overrides
-from video_diffusion.studies.ceiling import perfect_model_scores
-from video_diffusion.models.tracker import track
-from video_diffusion.evaluation.quality import copy_last_given, frame_scores
+from video_diffusion.evaluation.perfect import perfect_model_scores
+from video_diffusion.evaluation.tracker import track
+from video_diffusion.evaluation.quality import copy_last_given, set_scores, video_scores
 from video_diffusion.sampling.plan import task_mask, test_dataset
 
 
@@ -53,30 +53,29 @@ def main(argv=None):
     given = np.flatnonzero(mask)
     data = test_dataset(cfg, cfg.model.seq_len)
     perfect = perfect_model_scores(data, mask, args.num_videos, args.samples_per_video, seed=args.seed)
-    base = []
+    copy, black, tracked = [], [], []
     for v in range(args.num_videos):
         gt = data.frames(v)
-        base.append((*frame_scores(copy_last_given(gt, mask), gt, mask), *frame_scores(np.zeros_like(gt), gt, mask),
-                     *frame_scores(track(gt, given), gt, mask)))
-    base = np.array(base).mean(axis=0)
+        copy.append(video_scores(copy_last_given(gt, mask), gt, mask))
+        black.append(video_scores(np.zeros_like(gt), gt, mask))
+        tracked.append(video_scores(track(gt, given), gt, mask))
+    base = {"copy_last_given": set_scores(copy), "black": set_scores(black), "object_tracker": set_scores(tracked)}
     psnr_mean, psnr_best, ssim_mean, ssim_best = (perfect[k] for k in ("psnr_mean", "psnr_best", "ssim_mean",
                                                                         "ssim_best"))
     k = args.samples_per_video
     result = {"preset": args.preset, "task": args.task, "given_frames": given.tolist(),
               "num_videos": args.num_videos, "samples_per_video": k,
-              "perfect_model": perfect,
-              "copy_last_given": {"psnr": float(base[0]), "ssim": float(base[1])},
-              "black": {"psnr": float(base[2]), "ssim": float(base[3])},
-              "object_tracker": {"psnr": float(base[4]), "ssim": float(base[5])}}
+              "psnr_definition": "from the mean squared error over all generated frames of the set",
+              "perfect_model": perfect, **base}
     print(f"{args.task}, given frames {given.tolist()} of {cfg.model.seq_len}, {args.num_videos} held-out videos "
           f"({args.preset} preset's data)")
-    print(f"{'':28s} {'PSNR (dB)':>10s} {'SSIM':>7s}")
+    print(f"{'':28s} {'PSNR (dB)':>10s} {'SSIM':>7s}   (PSNR from the MSE over all generated frames)")
     print(f"{'perfect model':28s} {psnr_mean:10.2f} {ssim_mean:7.3f}")
     if k > 1:
         print(f"{'perfect model, best of ' + str(k):28s} {psnr_best:10.2f} {ssim_best:7.3f}")
-    print(f"{'object tracker (no model)':28s} {base[4]:10.2f} {base[5]:7.3f}")
-    print(f"{'copy last given frame':28s} {base[0]:10.2f} {base[1]:7.3f}")
-    print(f"{'black frame':28s} {base[2]:10.2f} {base[3]:7.3f}")
+    for key, label in (("object_tracker", "object tracker (no model)"), ("copy_last_given", "copy last given frame"),
+                       ("black", "black frame")):
+        print(f"{label:28s} {base[key]['psnr']:10.2f} {base[key]['ssim']:7.3f}")
     if args.out:
         write_json(args.out, result)
 

@@ -28,7 +28,7 @@ from video_diffusion.files import check_output_folder
 from video_diffusion.sampling.loading import load_for_sampling
 from video_diffusion.sampling.options import add_checkpoint_flags, add_sample_flags, sample_options_from
 from video_diffusion.sampling.outputs import new_output_dir
-from video_diffusion.sampling.plan import resolve_plan
+from video_diffusion.sampling.plan import context_note, resolve_plan
 
 
 def build_parser():
@@ -59,6 +59,8 @@ def main(argv=None):
         if ctx.is_main:
             print(f"evaluating {args.model_path} ({weights}): {opts.task}, {opts.num_samples or 'every'} test videos "
                   f"x {opts.samples_per_video} samples, sampler {sampler}, on {ctx.world_size} rank(s)", flush=True)
+            if context_note(cfg, plan):
+                print(context_note(cfg, plan), flush=True)
             if args.fvd and frames < 10:
                 print(f"FVD not computed: I3D needs >= 10 frames, the clips have {frames} "
                       "(give --num_frames 16 to roll out longer clips)", flush=True)

@@ -8,8 +8,11 @@ SIGKILL at a random moment (start-up, a step, a save), and relaunched, until it 
 --max_steps. Checked every round: after SIGTERM the run exits 75 with a checkpoint of the
 very step it stopped at (nothing lost); after SIGKILL the newest checkpoint is at most
 --save_interval steps behind the last logged step; no temporary file is left once a run
-has started again. At the end: the weights, EMA and optimizer state equal the reference
-run's exactly, and progress.csv holds every step once. Exit status 0 only if all hold.
+has started again. In --overlaps of the launches a second launch of the same command into
+the same run directory comes at a random moment of the first (once the first is training):
+it must stop at once, exit 2 and name the run directory's holder, and the first goes on. At
+the end: the weights, EMA and optimizer state equal the reference run's exactly, and
+progress.csv holds every step once. Exit status 0 only if all hold.
 """
 
 import argparse
@@ -28,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from video_diffusion.checkpoints import list_checkpoints, load_checkpoint  # noqa: E402
 from video_diffusion.training.preemption import EXIT_PREEMPTED  # noqa: E402
 
 # A network small enough that a step takes milliseconds.
@@ -79,6 +82,7 @@ def main(argv=None):
     p.add_argument("--num_workers", type=int, default=1, help="DataLoader workers of the runs")
     p.add_argument("--startup_fraction", type=float, default=0.2, help="share of the kills aimed at start-up")
     p.add_argument("--startup_seconds", type=float, default=4.0, help="start-up kills land this soon after launch")
+    p.add_argument("--overlaps", type=int, default=3, help="launches that get a second, overlapping launch")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     p.add_argument("--work_dir", default="", help="where the runs go (default: a temporary folder)")
     p.add_argument("--json", default="", help="also write the figures here")
@@ -97,11 +101,25 @@ def main(argv=None):
         sys.exit(f"the reference run failed: {done.stderr}")
     reference_seconds = time.perf_counter() - start
 
-    failures, rounds, launches = [], [], 0
+    failures, rounds, launches, overlaps = [], [], 0, []
     while True:
         launches += 1
         rows_before, saved_before = logged_steps(run), newest_step(run)
         proc = subprocess.Popen(train_cmd(run, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if len(overlaps) < args.overlaps:
+            # a second launch at a random step of the first (it holds the lock once it trains)
+            at = saved_before + rng.randint(1, args.save_interval)
+            while proc.poll() is None and not (logged_steps(run) != rows_before and logged_steps(run)
+                                               and logged_steps(run)[-1] >= at):
+                time.sleep(0.005)
+            if proc.poll() is None:
+                time.sleep(rng.uniform(0.0, 0.05))
+                second = subprocess.run(train_cmd(run, args), capture_output=True, text=True)
+                refused = second.returncode == 2 and "is in use by another training" in second.stderr
+                overlaps.append({"launch": launches, "at_step": at, "exit": second.returncode, "refused": refused})
+                if not refused:
+                    failures.append(f"launch {launches}: an overlapping launch was not refused "
+                                    f"(exit {second.returncode}: {second.stderr.strip().splitlines()[-1:]})")
         if len(rounds) < args.rounds:
             sig = rng.choice([signal.SIGTERM, signal.SIGKILL])
             if rng.random() < args.startup_fraction:  # during start-up (imports, resume, data set-up)
@@ -162,6 +180,7 @@ def main(argv=None):
                "max_steps_lost_sigterm": max((r["lost"] for r in sigterm), default=0),
                "max_steps_lost_sigkill": max((r["lost"] for r in sigkill), default=0),
                "save_interval": args.save_interval, "max_steps": args.max_steps,
+               "overlaps": len(overlaps), "overlaps_refused": sum(o["refused"] for o in overlaps),
                "final_state_equals_uninterrupted": same, "progress_rows_once": once,
                "reference_seconds": round(reference_seconds, 1), "failures": failures, "work_dir": str(work),
                "round_log": rounds}
@@ -172,7 +191,8 @@ def main(argv=None):
               f"checkpoint {r['checkpoint_step']:>4d}  lost {r['lost']}")
     print(f"{len(rounds)} interruptions ({len(sigterm)} SIGTERM, {len(sigkill)} SIGKILL) over {launches} launches; "
           f"most steps lost: {summary['max_steps_lost_sigterm']} after SIGTERM, {summary['max_steps_lost_sigkill']} "
-          f"after SIGKILL (save interval {args.save_interval}); final state equals the uninterrupted run: {same}; "
+          f"after SIGKILL (save interval {args.save_interval}); {summary['overlaps_refused']} of {len(overlaps)} "
+          f"overlapping launches refused; final state equals the uninterrupted run: {same}; "
           f"every step logged once: {once}")
     for f in failures:
         print(f"FAIL: {f}")

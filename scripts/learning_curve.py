@@ -19,7 +19,7 @@ from pathlib import Path
 
 from video_diffusion import distributed
 from video_diffusion.files import write_json
-from video_diffusion.training.checkpoint import list_checkpoints
+from video_diffusion.checkpoints import list_checkpoints
 from video_diffusion.evaluation.curve import measure_checkpoint, plot_curve, references
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.files import check_output_folder

@@ -23,7 +23,7 @@ from video_diffusion.sampling.generate import gather_samples, generate
 from video_diffusion.sampling.loading import load_for_sampling
 from video_diffusion.sampling.options import add_checkpoint_flags, add_sample_flags, sample_options_from
 from video_diffusion.sampling.outputs import mp4_available, new_output_dir, save_previews, save_samples
-from video_diffusion.sampling.plan import resolve_plan
+from video_diffusion.sampling.plan import context_note, resolve_plan
 
 
 def build_parser():
@@ -50,6 +50,8 @@ def main(argv=None):
         if ctx.is_main:
             print(f"sampling {opts.num_samples or 'one per test video'} x {opts.samples_per_video} videos ({opts.task}) "
                   f"with {weights} from {args.model_path} on {ctx.world_size} rank(s); sampler {steps}", flush=True)
+            if context_note(cfg, plan):
+                print(context_note(cfg, plan), flush=True)
         start = time.perf_counter()
         mine = generate(model, plan, ctx, progress=ctx.is_main)
         skipped = plan.skipped

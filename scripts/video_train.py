@@ -10,7 +10,9 @@ with the configuration stored in it (flags given now override it).
 
 SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop every rank after the same step with a checkpoint;
 the exit status is then 75, so a job script can requeue on it. Other failures exit 1
-(2 for bad flags or data found at start-up) with a one-line message.
+(2 for bad flags or data found at start-up, or a run directory another training holds)
+with a one-line message. Nothing is written before the flags and the data are checked and
+the run directory's lock is taken.
 """
 
 import argparse
@@ -18,9 +20,11 @@ import sys
 
 from video_diffusion import distributed
 from video_diffusion.config import add_config_flags, describe_config, given_fields
+from video_diffusion.data import create_dataset
 from video_diffusion.training.logger import RunLogger
 from video_diffusion.training.preemption import EXIT_PREEMPTED, Preempted
 from video_diffusion.training.loop import DataFailure, TrainingDiverged
+from video_diffusion.training.runlock import RunLocked, lock_run_dir
 from video_diffusion.training.setup import build_train_loop, resolve_train_config
 
 
@@ -45,16 +49,20 @@ def main(argv=None):
         parser.error(f"--dist_timeout must be at least 1 minute, got {args.dist_timeout}")
     try:
         ctx = distributed.setup_dist(timeout_minutes=args.dist_timeout)
-        logger = RunLogger(cfg.train.log_dir, enabled=ctx.is_main, resume_step=resume.step if resume else 0)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    lock = logger = None
     status = 0
     try:
-        loop = build_train_loop(cfg, ctx, logger, resume)
+        # read-only checks first: a refused --data_dir leaves no run directory behind
+        dataset = create_dataset(cfg)
+        lock = lock_run_dir(cfg.train.log_dir, ctx)
+        logger = RunLogger(cfg.train.log_dir, enabled=ctx.is_main, resume_step=resume.step if resume else 0)
+        loop = build_train_loop(cfg, ctx, logger, resume, dataset=dataset)
         loop.run()
         logger.info(f"done: step {loop.step}, checkpoints in {cfg.train.log_dir}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RunLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         status = 2
     except Preempted as e:
@@ -62,16 +70,24 @@ def main(argv=None):
         print(str(e), file=sys.stderr)
         status = EXIT_PREEMPTED
     except (TrainingDiverged, DataFailure, OSError) as e:
-        logger.info(f"error: {e}")
+        if logger is not None:
+            logger.info(f"error: {e}")
         print(f"error: {e}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:
         print("interrupted twice: stopped without a checkpoint", file=sys.stderr)
         status = 130
     except BaseException:  # anything else goes on with its traceback, after the group is left
-        logger.close()
+        if logger is not None:
+            logger.close()
+        if lock is not None:
+            lock.release()
         distributed.cleanup(ctx)
         raise
+    if logger is not None:
+        logger.close()
+    if lock is not None:
+        lock.release()
     logger.close()
     distributed.finish(ctx, status)
 

@@ -31,9 +31,9 @@ MICRO = ["--image_size", "16", "--seq_len", "4", "--num_channels", "8", "--num_r
          "--max_steps", "20", "--save_interval", "20", "--sample_interval", "0", "--ema_rate", "0.9"]
 MODELS = {
     "direct": [],
-    # the CPU recipe's options: channel norm, the nearest given frame, the warp head, x_0 on cosine
-    "warp": ["--norm", "channel", "--given_frame_input", "true", "--output_head", "warp", "--warp_radius", "1",
-             "--predict_xstart", "true", "--noise_schedule", "cosine"],
+    # the CPU recipe's options: channel norm, the nearest given frame, x_0 on cosine
+    "recipe": ["--norm", "channel", "--given_frame_input", "true", "--predict_xstart", "true",
+               "--noise_schedule", "cosine"],
 }
 TASKS = {"prediction": ["--task", "prediction", "--num_cond_frames", "1"],
          "infill": ["--task", "infill", "--cond_frames", "0,3"],

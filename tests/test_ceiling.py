@@ -7,7 +7,7 @@ frames are given.
 import numpy as np
 
 from video_diffusion.data.synthetic import Digit, MovingDigits
-from video_diffusion.studies.ceiling import perfect_model_scores, perfect_samples, posterior_motions
+from video_diffusion.evaluation.perfect import perfect_model_scores, perfect_samples, posterior_motions
 
 
 def test_batched_corners_equal_one_digit_at_a_time():

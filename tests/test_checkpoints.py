@@ -5,14 +5,15 @@ import errno
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import REPO, micro_config, script_env
 from conftest import flat_params, loop_for
-from video_diffusion.training import checkpoint as ckpt_mod
-from video_diffusion.training.checkpoint import (CheckpointWriteError, find_resume_point, list_checkpoints, load_checkpoint,
+from video_diffusion import checkpoints as ckpt_mod
+from video_diffusion.checkpoints import (CheckpointWriteError, find_resume_point, list_checkpoints, load_checkpoint,
                                         save_checkpoint)
 from video_diffusion.training.setup import find_resume
 
@@ -64,9 +65,44 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointWriteError, match="ckpt_0000002.pt.*No space left.*previous checkpoints"):
+    with pytest.raises(CheckpointWriteError, match="ckpt_0000002.pt: out of space on the filesystem of .* MB free; "
+                                                   "the checkpoint needs about 0.0 MB.*previous checkpoints"):
         save_checkpoint(run, 2, {"w": torch.zeros(3)})
     monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in run.iterdir()] == ["ckpt_0000001.pt"]
+    assert torch.equal(load_checkpoint(run / "ckpt_0000001.pt")["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize("code, cause", [(errno.EACCES, "no permission to write in"),
+                                         (errno.EROFS, "is on a read-only filesystem")])
+def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, code, cause):
+    run = tmp_path / "run"
+    save_checkpoint(run, 1, {"w": torch.ones(3)})
+
+    def refused(path, *a, **k):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(ckpt_mod, "write_atomically", refused)
+    with pytest.raises(CheckpointWriteError, match=f"ckpt_0000002.pt: .*{cause}"):
+        save_checkpoint(run, 2, {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(run / "ckpt_0000001.pt")["w"], torch.ones(3))
+
+
+def test_torchs_own_full_disk_error_is_named_by_the_free_space(tmp_path, monkeypatch):
+    # torch.save reports a full disk as a RuntimeError without errno ("unexpected pos ..."): the
+    # free space against the checkpoint's size names it
+    run = tmp_path / "run"
+    save_checkpoint(run, 1, {"w": torch.ones(3)})
+
+    def torch_full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 11797440 vs 11797328")
+
+    monkeypatch.setattr(torch, "save", torch_full)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda p: SimpleNamespace(free=2 ** 20))  # 1 MB free
+    with pytest.raises(CheckpointWriteError, match=r"out of space .*\(1.0 MB free; the checkpoint needs about 4.0 MB\)"):
+        save_checkpoint(run, 2, {"w": torch.zeros(2 ** 20)})
+    monkeypatch.undo()
     assert [p.name for p in run.iterdir()] == ["ckpt_0000001.pt"]
     assert torch.equal(load_checkpoint(run / "ckpt_0000001.pt")["w"], torch.ones(3))
 

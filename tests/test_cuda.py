@@ -17,7 +17,7 @@ import torch
 from conftest import micro_config
 from video_diffusion import distributed
 from video_diffusion.build import create_diffusion, create_model
-from video_diffusion.training.checkpoint import load_checkpoint, save_checkpoint
+from video_diffusion.checkpoints import load_checkpoint, save_checkpoint
 from video_diffusion.training.logger import RunLogger
 from video_diffusion.models.nn import to_channels_last
 from video_diffusion.sampling.generate import generate
@@ -30,9 +30,9 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")]
 
 GPU = torch.device("cuda")
-# the CPU recipe's network at the micro size: patches, full attention, given-frame input, warp head
+# the CPU recipe's network at the micro size: patches, full attention, given-frame input, EDM's skip
 RECIPE = dict(patch_size=2, image_size=32, attention_type="full", given_frame_input=True, predict_xstart=True,
-              noise_schedule="cosine", norm="channel", output_head="warp", sigma_data=0.5)
+              noise_schedule="cosine", norm="channel", sigma_data=0.5)
 
 
 def _inputs(cfg, n=2, seed=0):

@@ -18,7 +18,7 @@ from conftest import REPO, VENV_BIN, script_env
 from conftest import MICRO_FLAGS
 from video_diffusion.evaluation.fvd import feature_stats, frechet_distance, fvd_from_features, tf1_resize_bilinear
 from video_diffusion.evaluation.i3d import INCEPTION, InceptionI3d
-from video_diffusion.evaluation.metrics import best_and_mean, psnr, ssim
+from video_diffusion.evaluation.metrics import PSNR_CAP, best_and_mean, mse, psnr_best_and_mean, psnr_of_mse, ssim
 from video_diffusion.evaluation.weights import load_i3d, _units
 
 FVD_SCRIPT = str(REPO / "scripts" / "video_fvd.py")
@@ -269,9 +269,26 @@ def test_psnr_by_hand():
     a = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
     b = a.clone()
     b[0] = 10  # mse 100 -> 10 log10(255^2 / 100)
-    values = psnr(b, a)
-    assert values[0].item() == pytest.approx(10 * math.log10(255 ** 2 / 100))
-    assert math.isinf(values[1].item())
+    assert mse(b, a).tolist() == [100.0, 0.0]
+    assert psnr_of_mse(100.0) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    assert psnr_of_mse(0.0) == PSNR_CAP  # a set reproduced exactly
+    with pytest.raises(ValueError, match="cannot be negative"):
+        psnr_of_mse(-1.0)
+
+
+def test_the_psnr_of_a_set_with_one_exact_frame_is_finite_and_comes_from_its_mean_squared_error():
+    # two frames: one exact, one off by 10 everywhere. A mean of per-frame PSNRs would read
+    # (100 + 28.13) / 2 = 64 dB; the set's PSNR is 10 log10(255^2 / 50) = 31.1 dB
+    gt = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    pred = gt.clone()
+    pred[1] = 10
+    value = psnr_of_mse(mse(pred, gt).mean())
+    assert math.isfinite(value) and value == pytest.approx(10 * math.log10(255 ** 2 / 50))
+    # best of two samples per video: the lower error counts, per video
+    errors = torch.tensor([[100.0, 25.0], [400.0, 400.0]])
+    together, best = psnr_best_and_mean(errors)
+    assert together == pytest.approx(10 * math.log10(255 ** 2 / 231.25))
+    assert best == pytest.approx(10 * math.log10(255 ** 2 / 212.5))
 
 
 def test_ssim_matches_scikit_image():
@@ -358,7 +375,7 @@ def test_bair_protocol_refuses_a_model_whose_window_is_too_short(tmp_path):
     for i in range(2):
         np.savez(test_dir / f"traj_{i:06d}.npz", video=rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
     from conftest import micro_config
-    from video_diffusion.training.checkpoint import save_checkpoint
+    from video_diffusion.checkpoints import save_checkpoint
     from video_diffusion.build import create_model
 
     cfg = micro_config(seq_len=4, data_dir=str(test_dir))

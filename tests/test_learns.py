@@ -18,7 +18,7 @@ from video_diffusion import distributed
 from video_diffusion.config import PRESETS, Config, apply_overrides
 from video_diffusion.data import MovingDigits
 from video_diffusion.seeds import HELD_OUT_SEED, seed_of
-from video_diffusion.training.checkpoint import find_latest
+from video_diffusion.checkpoints import find_latest
 from video_diffusion.training.logger import RunLogger
 from video_diffusion.diffusion.masks import prediction_mask
 from video_diffusion.sampling.loading import load_for_sampling

@@ -8,8 +8,7 @@ import torch
 from conftest import micro_config
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
-from video_diffusion.models.blocks import Conv2Plus1d, patchify, unpatchify
-from video_diffusion.models.warp import nearest_given_frames
+from video_diffusion.models.blocks import Conv2Plus1d, nearest_given_frames, patchify, unpatchify
 from conftest import make, run
 
 

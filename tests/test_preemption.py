@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import MICRO, REPO, VENV_BIN, script_env
-from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
+from video_diffusion.checkpoints import list_checkpoints, load_checkpoint
 from video_diffusion.training.preemption import EXIT_PREEMPTED
 
 MPIEXEC = shutil.which("mpiexec", path=str(VENV_BIN)) or shutil.which("mpiexec")
@@ -98,9 +98,10 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
 
 @pytest.mark.slow
 def test_fault_injection_script_short(tmp_path):
-    # the full study is 20 interruptions (the README's figures); three keep the script honest here
+    # the full study is 20 interruptions (the README's figures); three keep the script honest here,
+    # and one overlapping launch that must be refused while the first trains on
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fault_injection.py"), "--rounds", "3",
-                           "--max_steps", "40", "--save_interval", "5", "--seed", "3", "--work_dir", str(tmp_path / "w"),
+                           "--overlaps", "1", "--max_steps", "40", "--save_interval", "5", "--seed", "3", "--work_dir", str(tmp_path / "w"),
                            "--json", str(tmp_path / "f.json")],
                           env=script_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -109,6 +110,7 @@ def test_fault_injection_script_short(tmp_path):
     summary = json.loads((tmp_path / "f.json").read_text())
     assert summary["rounds"] == 3 and summary["final_state_equals_uninterrupted"] and summary["progress_rows_once"]
     assert summary["max_steps_lost_sigterm"] == 0 and summary["max_steps_lost_sigkill"] <= 5
+    assert summary["overlaps"] == 1 and summary["overlaps_refused"] == 1
 
 
 def test_a_process_with_live_workers_that_ignore_stop_signals_still_exits(tmp_path):

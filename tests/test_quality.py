@@ -11,8 +11,8 @@ import torch
 from conftest import REPO, micro_config, script_env
 from conftest import MICRO_FLAGS
 from video_diffusion.distributed import DistContext
-from video_diffusion.evaluation.metrics import psnr
-from video_diffusion.evaluation.quality import copy_last_given, evaluate, format_table, frame_scores
+from video_diffusion.evaluation.metrics import psnr_of_mse
+from video_diffusion.evaluation.quality import copy_last_given, evaluate, format_table, set_scores, video_scores
 from video_diffusion.sampling.options import SampleOptions
 from video_diffusion.sampling.plan import resolve_plan
 
@@ -31,13 +31,18 @@ def test_baseline_scores_by_hand():
     # frame f is flat grey 10 * f: copy-last errs by 10 (f - 1) after two given frames, black by 10 f
     gt = (10 * np.arange(8, dtype=np.uint8))[:, None, None, None] * np.ones((8, 16, 16, 3), np.uint8)
     mask = np.array([1, 1, 0, 0, 0, 0, 0, 0])
-    copy_psnr, _ = frame_scores(copy_last_given(gt, mask), gt, mask)
-    black_psnr, black_ssim = frame_scores(np.zeros_like(gt), gt, mask)
-    assert copy_psnr == pytest.approx(np.mean([20 * np.log10(255 / (10 * (f - 1))) for f in range(2, 8)]))
-    assert black_psnr == pytest.approx(np.mean([20 * np.log10(255 / (10 * f)) for f in range(2, 8)]))
+    copy_mse, _ = video_scores(copy_last_given(gt, mask), gt, mask)
+    black_mse, black_ssim = video_scores(np.zeros_like(gt), gt, mask)
+    assert copy_mse == pytest.approx(np.mean([(10 * (f - 1)) ** 2 for f in range(2, 8)]))
+    assert black_mse == pytest.approx(np.mean([(10 * f) ** 2 for f in range(2, 8)]))
     assert black_ssim < 1
-    # identical frames score the 100 dB cap and SSIM 1
-    assert frame_scores(gt, gt, mask) == (pytest.approx(100.0), pytest.approx(1.0))
+    # the set's PSNR comes from the mean squared error over all its generated frames
+    black = set_scores([(black_mse, black_ssim), (0.0, 1.0)])
+    assert black["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / (black_mse / 2)))
+    assert black["ssim"] == pytest.approx((black_ssim + 1) / 2)
+    # identical frames: no error and SSIM 1; a set of them reads the 100 dB cap
+    assert video_scores(gt, gt, mask) == (0.0, pytest.approx(1.0))
+    assert set_scores([video_scores(gt, gt, mask)])["psnr"] == 100.0
 
 
 class StaticOracle(torch.nn.Module):
@@ -121,5 +126,5 @@ def test_evaluate_script_on_a_trained_checkpoint(tmp_path):
     from video_diffusion.seeds import HELD_OUT_SEED, seed_of
     data = MovingDigits(16, 4, channels=3, seed=seed_of(0, HELD_OUT_SEED))
     gt = torch.from_numpy(np.stack([data.frames(i) for i in range(4)]))[:, 1:]
-    expected = psnr(torch.zeros_like(gt), gt).clamp(max=100).mean(dim=1).mean()
-    assert m["baselines"]["black"]["psnr"] == pytest.approx(float(expected))
+    expected = psnr_of_mse(gt.double().square().mean())  # over all generated frames of the set
+    assert m["baselines"]["black"]["psnr"] == pytest.approx(expected)

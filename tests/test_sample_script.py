@@ -177,6 +177,19 @@ def test_missing_or_foreign_model_path(tmp_path):
     foreign.write_bytes(b"PK\x03\x04 not torch")
     proc = sample(foreign, tmp_path)
     assert proc.returncode != 0 and "foreign.pt" in proc.stderr and "not a readable checkpoint" in proc.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("step 1000: looks good\n")
+    proc = sample(text, tmp_path)
+    assert proc.returncode != 0 and "notes.txt" in proc.stderr and "is not a checkpoint" in proc.stderr
+    assert "could execute" not in proc.stderr
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:  # a zip, but not torch's
+        z.writestr("a.txt", "hello")
+    proc = sample(tmp_path / "other.zip", tmp_path)
+    assert proc.returncode != 0 and "not a readable checkpoint" in proc.stderr
+    (tmp_path / "run").mkdir()
+    proc = sample(tmp_path / "run", tmp_path)
+    assert proc.returncode != 0 and "is a folder; give a checkpoint file" in proc.stderr
 
 
 @pytest.mark.slow
@@ -216,12 +229,14 @@ def test_class_conditional_training_with_skipped_files_then_every_window(tmp_pat
     run_dir = tmp_path / "run"
     proc = run([sys.executable, str(REPO / "scripts" / "video_train.py"), *MICRO_FLAGS, "--data_dir", str(data),
                 "--class_cond", "--skip_bad_videos", "--log_dir", str(run_dir), "--max_steps", "1",
-                "--diffusion_steps", "50"])
+                "--diffusion_steps", "50", "--sample_interval", "1", "--sample_videos", "2", "--sample_steps", "2"])
+    # the previews read the same folder: the file left out stays out (it used to stop them)
     assert proc.returncode == 0, proc.stderr
+    assert (run_dir / "samples" / "step_0000001.png").is_file()
     log = (run_dir / "log.txt").read_text()
     assert "push_broken.mp4: cannot be decoded" in log and "1 unusable videos left out" in log
     assert "class-conditional over 2 classes: grasp, push" in log
-    from video_diffusion.training.checkpoint import load_checkpoint
+    from video_diffusion.checkpoints import load_checkpoint
 
     assert load_checkpoint(run_dir / "ckpt_0000001.pt")["config"]["model"]["num_classes"] == 2
     # every non-overlapping 4-frame window of the 3 good 8-frame videos: 6 samples, labels from the files

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import fixed_batches, flat_params, loop_for, micro_config
-from video_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
+from video_diffusion.checkpoints import list_checkpoints, load_checkpoint
 from video_diffusion.config import PRESETS, Config, apply_overrides
 from video_diffusion.data import MovingDigits
 from video_diffusion.diffusion.timestep_sampler import LossSecondMomentResampler
@@ -45,7 +45,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_resume_from_a_checkpoint_written_by_an_unfused_optimizer(tmp_path):
-    from video_diffusion.training.checkpoint import save_checkpoint
+    from video_diffusion.checkpoints import save_checkpoint
 
     loop_for(micro_config(tmp_path, max_steps=2, save_interval=2)).run()
     state = load_checkpoint(tmp_path / "run" / "ckpt_0000002.pt")
@@ -188,9 +188,8 @@ def test_importance_sampler_warms_up_and_reweights():
 @pytest.mark.slow
 def test_tiny_preset_learns_on_the_embedded_dataset(tmp_path):
     """
-    The tiny network predicts x_0 around its warp head's continuation of the given frames,
-    and its output convolution starts at zero, so before training its loss on a video
-    without given frames is the mean of x_0^2 (no continuation, no correction). A network
+    The tiny network predicts x_0 and its output convolution starts at zero, so before
+    training its loss on a video without given frames is the mean of x_0^2. A network
     that has learned anything predicts the black background at least: after 40 steps we ask
     for a loss at most half of the initial one on a fixed held-out batch (fixed videos,
     timesteps spread over [0, T), noise and masks). Measured on this code: 0.51 -> 0.11, so the

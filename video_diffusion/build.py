@@ -35,17 +35,6 @@ def create_model(cfg: Config) -> UNet3D:
         patch_size=m.patch_size,
         given_frame_input=m.given_frame_input,
         norm=m.norm,
-        output_head=m.output_head,
-        warp_radius=m.warp_radius,
-        warp_input=m.warp_input,
-        warp_gate=m.warp_gate,
-        warp_exact=m.warp_exact,
-        warp_deadzone=m.warp_deadzone,
-        warp_inside_cost=m.warp_inside_cost,
-        warp_objects=m.warp_objects,
-        warp_verdict=m.warp_verdict,
-        # EDM's skip passes the noisy input through; where the gate holds x_0 to the warp it must not
-        warp_hold=m.warp_gate and cfg.diffusion.sigma_data > 0,
         num_classes=m.num_classes or None,
     )
 
@@ -68,8 +57,7 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None, timesteps=None
     kwargs = dict(betas=get_named_beta_schedule(d.noise_schedule, d.diffusion_steps), model_mean_type=mean_type,
                   model_var_type=var_type,
                   loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
-                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
-                  prior_mean=cfg.model.output_head == "warp")
+                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data)
     if timesteps is not None:
         return SpacedDiffusion(timesteps, **kwargs)
     if not respacing:

@@ -47,29 +47,6 @@ class ModelConfig:
                                         "(content to carry forward is at hand locally); needs --mask_input")
     norm: str = _f("group", "normalisation: 'group' (GroupNorm over the video) or 'channel' (across channels at "
                    "each pixel, which keeps a digit's colour)", choices=("group", "channel"))
-    output_head: str = _f("direct", "'direct' (the output is the prediction) or 'warp' (the prediction is "
-                          "written around the given frames continued at a constant velocity the network chooses "
-                          "per pixel, with a cost volume of the given frames); 'warp' needs --given_frame_input",
-                          choices=("direct", "warp"))
-    warp_radius: int = _f(3, "--output_head warp: the largest velocity, in pixels per frame per direction "
-                             "((2r+1)^2 candidates)")
-    warp_input: bool = _f(False, "--output_head warp: also give every frame the warp before anything is learned "
-                                 "(the block matcher's continuation) as input channels, so the correction can "
-                                 "read the prior it corrects")
-    warp_gate: bool = _f(False, "--output_head warp: the correction counts only where the given frames do not "
-                                "explain the warp (x_0 = W + (1 - c) F, c the unlearned warp's match confidence)")
-    warp_exact: bool = _f(False, "--output_head warp: the head starts as an exact block matcher: the warp "
-                                 "blended in fully (m = 1, not sigmoid(3)) and a 10x sharper choice of velocity, "
-                                 "so that it reproduces a digit moving freely to the grey level")
-    warp_deadzone: bool = _f(False, "--output_head warp: a correction F under one grey level (2/255) counts 1% "
-                                    "only, so that what the warp gets exactly right stays exact")
-    warp_inside_cost: bool = _f(False, "--output_head warp: the cost volume leaves out reads that fall outside "
-                                       "the frame, instead of reading its border pixel")
-    warp_objects: bool = _f(False, "--output_head warp: the warp is the object tracker's prediction (objects moved on, "
-                            "reflecting off the borders) instead of the block matcher's")
-    warp_verdict: str = _f("frame", "--warp_objects --warp_gate: where the tracker's prediction is held: in the "
-                           "frames it explains ('frame'), or also in the pixels of the other frames that nothing "
-                           "it leaves unexplained can reach ('pixel')", choices=("frame", "pixel"))
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
 
 
@@ -140,12 +117,30 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Config":
+    def from_dict(cls, d: Dict[str, Any], source: str = "the stored configuration") -> "Config":
+        """
+        The configuration stored by ``to_dict`` (a checkpoint's). A field that has since been
+        removed (``REMOVED_FIELDS``) is dropped where it holds its old default, and refused
+        otherwise: the weights were trained for something this code no longer builds.
+
+        :param source: names the configuration's file in the error.
+        """
         groups = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {}
         for name, value in d.items():
             if name not in groups:
-                raise ValueError(f"unknown configuration group {name!r}")
+                raise ValueError(f"{source}: unknown configuration group {name!r}")
+            if name != "preset":
+                value = dict(value)
+                for field_name in [k for k in value if (name, k) in REMOVED_FIELDS]:
+                    old_default, why = REMOVED_FIELDS[name, field_name]
+                    if value.pop(field_name) != old_default:
+                        raise ValueError(f"{source} sets --{field_name}, which was removed ({why}); "
+                                         "this code cannot build that network")
+                unknown = sorted(set(value) - {f.name for f in dataclasses.fields(_GROUP_TYPES[name])})
+                if unknown:
+                    raise ValueError(f"{source}: unknown {name} setting(s) {', '.join(unknown)} "
+                                     "(written by a newer version of this code?)")
             kwargs[name] = value if name == "preset" else _GROUP_TYPES[name](**value)
         return cls(**kwargs)
 
@@ -155,6 +150,14 @@ class Config:
             out.update(dataclasses.asdict(getattr(self, group)))
         return out
 
+
+# Options that no longer exist, (group, name) -> (their default, why they went). A stored
+# configuration that left one at its default loads; one that set it is refused by name.
+_TRACKER_HEAD = "the warp head and its object tracker encoded the embedded digits' rules in the network"
+REMOVED_FIELDS = {("model", "output_head"): ("direct", _TRACKER_HEAD), ("model", "warp_radius"): (3, _TRACKER_HEAD),
+                  **{("model", name): (False, _TRACKER_HEAD) for name in
+                     ("warp_input", "warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost", "warp_objects")},
+                  ("model", "warp_verdict"): ("frame", _TRACKER_HEAD)}
 
 _GROUP_TYPES = {"model": ModelConfig, "diffusion": DiffusionConfig, "mask": MaskConfig, "train": TrainConfig}
 _FIELD_GROUP = {f.name: g for g, t in _GROUP_TYPES.items() for f in dataclasses.fields(t)}
@@ -223,22 +226,6 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError(f"--sigma_data must be >= 0 (0 = off), got {d.sigma_data}")
     if d.sigma_data > 0 and not d.predict_xstart:
         raise ValueError("--sigma_data needs --predict_xstart: the skip is written on the x_0 prediction")
-    if m.output_head == "warp" and not m.given_frame_input:
-        raise ValueError("--output_head warp needs --given_frame_input true: it warps the nearest given frame")
-    if m.warp_input and m.output_head != "warp":
-        raise ValueError("--warp_input needs --output_head warp")
-    for name in ("warp_gate", "warp_exact", "warp_deadzone", "warp_inside_cost", "warp_objects"):
-        if getattr(m, name) and m.output_head != "warp":
-            raise ValueError(f"--{name} needs --output_head warp")
-    if m.warp_verdict != "frame" and not (m.warp_objects and m.warp_gate):
-        raise ValueError(f"--warp_verdict {m.warp_verdict} needs --warp_objects and --warp_gate: it is the "
-                         "tracker's verdict, and the gate holds the prediction where it is given")
-    if m.warp_radius < 0:
-        raise ValueError(f"--warp_radius must be >= 0, got {m.warp_radius}")
-    if m.output_head == "warp" and not d.predict_xstart:
-        raise ValueError("--output_head warp needs --predict_xstart: x_0 is written around the warped frame")
-    if m.output_head == "warp" and m.learn_sigma:
-        raise ValueError("--output_head warp predicts frames only; it cannot be combined with --learn_sigma")
     if d.min_snr_gamma < 0:
         raise ValueError(f"--min_snr_gamma must be >= 0 (0 = off), got {d.min_snr_gamma}")
     from .diffusion.gaussian_diffusion import get_named_beta_schedule

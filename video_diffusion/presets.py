@@ -5,28 +5,22 @@ Named configurations (presets): flat field -> value overrides of the defaults in
 
 from typing import Any, Dict
 
-# The CPU presets share one recipe, chosen by measurement on 2 cores (docs/levers.md): x_0
-# prediction on the cosine schedule (an epsilon model on the linear schedule still samples
-# noise after this budget), 2x2 pixel patches folded into channels so the UNet runs at 16x16
-# and 8x8 (about 3x the videos per second), full space-time attention at 8x8, the nearest
-# given frame as input, lr 1e-3 with warm-up; normalisation across channels (GroupNorm over
-# the video removes a digit's colour) and the warp head, which carries the given frames on,
-# here with the object tracker's prediction as the warp (each object of the given frames
-# moved on at its velocity and reflected off the borders), gated by the tracker's own
-# verdict per pixel: where its objects redraw the other given frames the prediction is the
-# tracker's, and in a frame they do not explain only the pixels its misfit can reach are left
-# to the network, which learns those (touching digits), one given frame and generation.
+# The CPU presets share one recipe of generic options, chosen by measurement on 2 cores
+# (docs/research_log.md): x_0 prediction on the cosine schedule (an epsilon model on the linear
+# schedule still samples noise after this budget), 2x2 pixel patches folded into channels so the
+# UNet runs at 16x16 and 8x8 (about 3x the videos per second), full space-time attention at 8x8,
+# the nearest given frame as input (content to carry is at hand locally), normalisation across
+# channels (GroupNorm over the video removes a frame's colours), lr 1e-3 with warm-up. Nothing in
+# it knows what the embedded videos hold.
 _CPU_RECIPE = dict(image_size=32, seq_len=8, patch_size=2, num_res_blocks=1, channel_mult="1,2",
                    attention_resolutions="8", attention_type="full", num_heads=4, given_frame_input=True,
-                   norm="channel", output_head="warp", warp_exact=True, warp_objects=True, warp_gate=True,
-                   warp_verdict="pixel", predict_xstart=True, noise_schedule="cosine",
+                   norm="channel", predict_xstart=True, noise_schedule="cosine",
                    max_num_mask_frames=3, uncondition_rate=0.25, lr=1e-3, lr_warmup_steps=100, batch_size=8,
                    sample_cond_frames=2)
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The first run: 250 steps (2,000 videos), checkpoints every 50 steps, all kept (a learning
-    # curve, docs/curves/tiny), previews every 125. Its curve falls slowly after 50 steps on the
-    # frames the tracker does not explain (docs/results.md).
+    # curve, docs/curves/tiny), previews every 125.
     "tiny": dict(_CPU_RECIPE, num_channels=32, ema_rate="0.99", max_steps=250, log_interval=25,
                  save_interval=50, sample_interval=125, keep_checkpoints=5),
     # The longer CPU run: about 50 minutes on 2 cores (24,000 videos), a wider network and a

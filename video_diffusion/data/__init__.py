@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from ..training.preemption import ignore_stop_signals, kill_workers_at_exit
+from ..signals import ignore_stop_signals, kill_workers_at_exit
 from .folder import VideoFolder
 from ..seeds import seed_of
 from .sampler import TrainBatchSampler, eval_shard

@@ -91,25 +91,17 @@ class GaussianDiffusion:
         network having to learn the identity, and F's target has unit variance at every noise
         level (it moves from -noise at low noise to x_0 / sd at high noise); the loss is then
         EDM's, the x_0 MSE weighted by 1 / c_out^2 (the "mse" term stays the x_0 MSE).
-    :param prior_mean: with x_0 prediction, the network outputs [F, W] (2C channels), W a
-        prior mean of x_0 such as the nearest given frame warped to where its content moves
-        (``unet.WarpHead``); x_0 is written around it: W + c_skip (x - W) + c_out F, or W + F
-        without ``sigma_data``. A gated head may add a third part, c (one channel, 2C + 1 in
-        all): where c is 1 the gate holds x_0 to W, so the skip counts (1 - c) c_skip there.
     """
 
     def __init__(self, *, betas, model_mean_type: ModelMeanType, model_var_type: ModelVarType,
-                 loss_type: LossType, min_snr_gamma: float = 0.0, sigma_data: float = 0.0,
-                 prior_mean: bool = False):
+                 loss_type: LossType, min_snr_gamma: float = 0.0, sigma_data: float = 0.0):
         if min_snr_gamma < 0:
             raise ValueError(f"--min_snr_gamma must be >= 0, got {min_snr_gamma}")
         if sigma_data < 0:
             raise ValueError(f"--sigma_data must be >= 0, got {sigma_data}")
         if sigma_data > 0 and model_mean_type != ModelMeanType.START_X:
             raise ValueError("--sigma_data needs --predict_xstart (the skip is written on x_0)")
-        if prior_mean and (model_mean_type != ModelMeanType.START_X or model_var_type == ModelVarType.LEARNED_RANGE):
-            raise ValueError("a prior-mean output (--output_head warp) needs --predict_xstart and a fixed variance")
-        self.sigma_data, self.prior_mean = sigma_data, prior_mean
+        self.sigma_data = sigma_data
         self.min_snr_gamma = min_snr_gamma
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
@@ -215,25 +207,17 @@ class GaussianDiffusion:
     def xstart_from_output(self, out, x_t, t):
         """
         The x_0 an x_0-predicting network's output stands for: the output itself, or with
-        ``sigma_data`` / ``prior_mean`` the preconditioned W + c_skip (x - W) + c_out F.
+        ``sigma_data`` the preconditioned c_skip x + c_out F.
 
-        :param out: [N, C, ...] F, or [N, 2C, ...] [F, W] with ``prior_mean`` ([N, 2C + 1, ...]
-            [F, W, c] from a gated head: the skip stays out where c is 1).
+        :param out: [N, C, ...] the network's output F.
         :param x_t: [N, C, ...] the network's input.
         :param t: [N] timesteps.
         """
-        c = x_t.shape[1]
-        correction, prior = (out[:, :c], out[:, c:2 * c]) if self.prior_mean else (out, None)
         if self.sigma_data == 0:
-            return correction if prior is None else prior + correction
+            return out
         nd = x_t.ndim
         x = self.extract("sqrt_recip_alphas_cumprod", t, nd) * x_t
-        skip, scale = self.extract("edm_c_skip", t, nd), self.extract("edm_c_out", t, nd)
-        if prior is None:
-            return skip * x + scale * correction
-        if out.shape[1] == 2 * c + 1:
-            skip = skip * (1 - out[:, 2 * c:])
-        return prior + skip * (x - prior) + scale * correction
+        return self.extract("edm_c_skip", t, nd) * x + self.extract("edm_c_out", t, nd) * out
 
     def get_v(self, x_start, noise, t):
         """v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022)."""
@@ -243,11 +227,6 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ reverse process
     def split_model_output(self, model_output, channels: int):
         """Split a learned-sigma output into (mean part, variance part); variance part is None otherwise."""
-        if self.prior_mean:
-            if model_output.shape[1] not in (2 * channels, 2 * channels + 1):
-                raise ValueError(f"a prior-mean model must output {2 * channels} channels ([F, W]) or "
-                                 f"{2 * channels + 1} ([F, W, c]), got {model_output.shape[1]}")
-            return model_output, None
         if self.model_var_type == ModelVarType.LEARNED_RANGE:
             if model_output.shape[1] != 2 * channels:
                 raise ValueError(f"a learned-sigma model must output {2 * channels} channels, got {model_output.shape[1]}")

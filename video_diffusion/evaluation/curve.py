@@ -32,9 +32,9 @@ from ..sampling.options import SampleOptions
 from ..sampling.outputs import to_uint8
 from ..sampling.plan import resolve_plan, task_mask, test_dataset
 from ..sampling.denoiser import make_denoiser
-from ..models.tracker import track
+from .tracker import track
 from .fvd import fvd_from_features, i3d_features
-from .quality import copy_last_given, evaluate, frame_scores
+from .quality import copy_last_given, evaluate, set_scores, video_scores
 
 # Videos that are neither training nor test videos: the perfect generator's FVD compares them with the test clips.
 OTHER_REAL_SEED = 0x07E4
@@ -83,7 +83,7 @@ def measure_checkpoint(path, ctx: distributed.DistContext, num_videos: int = 32,
     One point of the curve. Every rank calls this; rank 0 gets a dict: step, videos seen
     and, per task key, psnr / ssim (and fvd for "generation"), plus the x_0 diagnostic.
     """
-    from ..training.checkpoint import load_checkpoint
+    from ..checkpoints import load_checkpoint
     state = load_checkpoint(path)
     step, world_size = int(state["step"]), int(state.get("world_size", 1))
     del state
@@ -109,7 +109,7 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
                perfect_samples: int = 1, device="cpu") -> Dict:
     """
     What a curve is drawn against, per task key: "copy_last_given" and "black" (PSNR / SSIM),
-    "perfect" (the exact posterior's mean PSNR / SSIM) and "object_tracker" (``models.tracker``),
+    "perfect" (the exact posterior's mean PSNR / SSIM) and "object_tracker" (``evaluation.tracker``),
     both on embedded digits only, and, for
     generation, the FVD of other real clips against the test clips.
     """
@@ -122,18 +122,16 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
         copy, black, tracked = [], [], []
         for v in range(num_videos):
             gt = data.frames(v) if embedded else to_uint8(data[v]["video"][None])[0]
-            copy.append(frame_scores(copy_last_given(gt, mask), gt, mask))
-            black.append(frame_scores(np.zeros_like(gt), gt, mask))
-            if embedded:  # the object tracker: the warp head's prior in the CPU presets
-                tracked.append(frame_scores(track(gt, np.flatnonzero(mask)), gt, mask))
-        entry = {"label": task["label"],
-                 "copy_last_given": dict(zip(("psnr", "ssim"), np.mean(copy, axis=0).tolist())),
-                 "black": dict(zip(("psnr", "ssim"), np.mean(black, axis=0).tolist()))}
+            copy.append(video_scores(copy_last_given(gt, mask), gt, mask))
+            black.append(video_scores(np.zeros_like(gt), gt, mask))
+            if embedded:  # the object tracker: a model-free baseline that knows the digits' rules
+                tracked.append(video_scores(track(gt, np.flatnonzero(mask)), gt, mask))
+        entry = {"label": task["label"], "copy_last_given": set_scores(copy), "black": set_scores(black)}
         if embedded:
-            from ..studies.ceiling import perfect_model_scores
+            from .perfect import perfect_model_scores
             p = perfect_model_scores(data, mask, num_videos, perfect_samples)
             entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
-            entry["object_tracker"] = dict(zip(("psnr", "ssim"), np.mean(tracked, axis=0).tolist()))
+            entry["object_tracker"] = set_scores(tracked)
         out[task["key"]] = entry
     if i3d is not None and fvd_videos and embedded:
         test = test_dataset(cfg, fvd_frames)

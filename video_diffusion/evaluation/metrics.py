@@ -1,27 +1,44 @@
 """
-Per-frame PSNR and SSIM of predicted videos against the ground truth, on uint8 frames
-(data range 255), batched in torch so that 100 samples x 256 videos stay fast on a GPU.
-SSIM is Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
-averaged over pixels and channels (scikit-image's gaussian_weights=True convention).
+PSNR and SSIM of predicted videos against the ground truth, on uint8 frames (data range
+255), batched in torch so that 100 samples x 256 videos stay fast on a GPU.
+
+PSNR of a set is computed from the mean squared error over all its generated frames
+(``psnr_of_mse``), never as a mean of per-frame PSNRs: a mean of logarithms rewards exact
+frames without bound (one exact frame is infinitely many dB) and says little about how close
+the rest are. SSIM is Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
+K2 = 0.03, averaged over pixels and channels (scikit-image's gaussian_weights=True
+convention), then over frames.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
 
-# Identical frames have infinite PSNR; means over frames count them as this many dB so that
-# they stay finite (a frame predicted exactly, e.g. by the perfect model, scores 100).
+# A set reproduced exactly (mean squared error 0, e.g. the perfect model given enough frames)
+# has infinite PSNR; it is reported as this many dB so that tables and JSON stay finite.
 PSNR_CAP = 100.0
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per frame in 8-bit units: [..., H, W, C] -> [...] (float64)."""
+    return ((pred.double() - target.double()) ** 2).mean(dim=(-3, -2, -1))
+
+
+def psnr_of_mse(mean_squared_error: float) -> float:
+    """
+    PSNR in dB of a set whose mean squared error (8-bit units, over all its generated
+    frames' pixels) is given: 10 log10(255^2 / MSE); ``PSNR_CAP`` where the MSE is 0.
+    """
+    mean_squared_error = float(mean_squared_error)
+    if mean_squared_error < 0:
+        raise ValueError(f"a mean squared error cannot be negative, got {mean_squared_error}")
+    return PSNR_CAP if mean_squared_error == 0 else min(PSNR_CAP, 10 * math.log10(255.0 ** 2 / mean_squared_error))
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
     """uint8 or float [..., H, W, C] -> float64 [M, C, H, W]."""
     return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).double()
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB per frame: [..., H, W, C] -> [...]. Identical frames give +inf."""
-    mse = ((pred.double() - target.double()) ** 2).mean(dim=(-3, -2, -1))
-    return 10 * torch.log10(255.0 ** 2 / mse)
 
 
 def _gaussian_window(size=11, sigma=1.5, device=None):
@@ -50,11 +67,21 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def best_and_mean(per_sample: torch.Tensor):
     """
-    :param per_sample: [V, S] a metric per (test video, sample), averaged over frames.
+    :param per_sample: [V, S] SSIM per (test video, sample), averaged over frames.
     :return: (mean over everything, mean over videos of the best sample).
     """
     per_sample = per_sample.double()
     return float(per_sample.mean()), float(per_sample.max(dim=1).values.mean())
+
+
+def psnr_best_and_mean(per_sample_mse: torch.Tensor):
+    """
+    :param per_sample_mse: [V, S] mean squared error per (test video, sample) over its
+        generated frames (every video has as many).
+    :return: (PSNR of all samples together, PSNR of the set of each video's best sample).
+    """
+    per_sample_mse = per_sample_mse.double()
+    return psnr_of_mse(per_sample_mse.mean()), psnr_of_mse(per_sample_mse.min(dim=1).values.mean())
 
 
 def mean_and_std(values) -> tuple:

@@ -16,6 +16,28 @@ ATTENTION_TYPES = ("factorized", "full")
 CONV_TYPES = ("3d", "2+1d")
 
 
+def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor):
+    """
+    For every frame, the given frame nearest to it in time (the earlier one on a tie) and
+    how far away it is; zeros for a video with no given frame.
+
+    :param x: [N, C, T, H, W], the given frames holding their clean values.
+    :param obs_mask: [N, T], 1 on given frames.
+    :return: ([N, C, T, H, W] the nearest given frames, [N, T] signed offsets frame - source
+        divided by T).
+    """
+    t = x.shape[2]
+    frames = torch.arange(t, device=x.device, dtype=torch.float32)
+    # distance to every given frame; a tiny cost per index breaks ties towards the earlier one
+    cost = (frames[None, :, None] - frames[None, None, :]).abs() + 1e-3 * frames[None, None, :]
+    cost = cost + (1 - obs_mask.float())[:, None, :] * 1e6  # [N, T (to), T (from)]
+    source = cost.argmin(dim=2)  # [N, T]
+    any_given = obs_mask.any(dim=1).to(x.dtype)
+    picked = torch.gather(x, 2, source[:, None, :, None, None].expand_as(x)) * any_given[:, None, None, None, None]
+    offset = (frames[None, :] - source.float()) / t * any_given[:, None]
+    return picked, offset.to(x.dtype)
+
+
 def conv3d(in_ch: int, out_ch: int, kernel: int = 3, stride=1) -> nn.Conv3d:
     return nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
 

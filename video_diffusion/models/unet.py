@@ -14,11 +14,8 @@ import torch
 import torch.nn as nn
 
 from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
-                     conv3d, patchify, unpatchify)
+                     conv3d, nearest_given_frames, patchify, unpatchify)
 from .nn import NORMS, normalization, timestep_embedding, zero_module
-from .warp import WarpHead, nearest_given_frames
-
-OUTPUT_HEADS = ("direct", "warp")
 
 
 class UNet3D(nn.Module):
@@ -43,26 +40,6 @@ class UNet3D(nn.Module):
     :param num_classes: if set, the network is class-conditional through ``y``.
     :param norm: "group" (GroupNorm over the video, improved-diffusion's) or "channel"
         (across channels at each position, which keeps a given digit's colour; ``nn.ChannelNorm``).
-    :param output_head: "direct" (the output is the prediction) or "warp" (the output is
-        [F, W], W the given frames continued at a chosen constant velocity, ``WarpHead``, for
-        a diffusion process with ``prior_mean``); "warp" needs ``given_frame_input``.
-    :param warp_radius: the warp head's largest velocity, pixels per frame in each direction.
-    :param warp_input: with the warp head, every frame also gets W_0 (the warp before anything
-        is learned, ``WarpHead.match``) as input channels. x_0 = W + F asks F for x_t - W at low
-        noise and for the warp's failures at high noise; without W at hand the network has to
-        rebuild the warp inside itself to say either.
-    :param warp_gate: with the warp head, the correction F counts only where the given frames do
-        not explain the warp: x_0 = W + (1 - c) F, c the unlearned warp's confidence (1 where its
-        velocity matches the given frames exactly). A network that has not yet learned to output
-        0 there (at high noise its output follows the noise) then cannot wash out what the warp carries.
-    :param warp_exact: the warp head starts as an exact block matcher (``WarpHead(exact=True)``).
-    :param warp_deadzone: corrections under one grey level count 1% only (``WarpHead(deadzone=True)``).
-    :param warp_inside_cost: the cost volume leaves out reads from outside the frame (``WarpHead(inside_only=True)``).
-    :param warp_objects: the warp is the object tracker's prediction (``WarpHead(objects=True)``).
-    :param warp_verdict: with ``warp_objects`` and ``warp_gate``, the tracker's verdict per "frame"
-        or per "pixel" (``WarpHead(verdict=...)``).
-    :param warp_hold: with ``warp_gate``, the output also carries the gate ([F, W, c], 2C + 1
-        channels), for a diffusion whose skip must stay out where the gate holds the warp.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -70,31 +47,10 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
-                 output_head: str = "direct", warp_radius: int = 3, warp_input: bool = False,
-                 warp_gate: bool = False, warp_exact: bool = False, warp_deadzone: bool = False,
-                 warp_inside_cost: bool = False, warp_objects: bool = False, warp_hold: bool = False,
-                 warp_verdict: str = "frame"):
+                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if output_head not in OUTPUT_HEADS:
-            raise ValueError(f"output_head must be one of {OUTPUT_HEADS}, got {output_head!r}")
-        if output_head == "warp" and not given_frame_input:
-            raise ValueError("output_head 'warp' needs given_frame_input: it warps the nearest given frame")
-        if output_head == "warp" and out_channels != in_channels:
-            raise ValueError("output_head 'warp' predicts the frames only (no learned variance)")
-        self.head = (WarpHead(warp_radius, gate=warp_gate, exact=warp_exact, deadzone=warp_deadzone,
-                              inside_only=warp_inside_cost, objects=warp_objects, hold=warp_hold,
-                              verdict=warp_verdict)
-                     if output_head == "warp" else None)
-        if (warp_gate or warp_exact or warp_deadzone or warp_inside_cost or warp_objects or warp_hold
-                or warp_verdict != "frame") and output_head != "warp":
-            raise ValueError("warp_gate, warp_exact, warp_deadzone, warp_inside_cost, warp_objects, warp_hold and "
-                             "warp_verdict need output_head 'warp'")
-        if warp_input and output_head != "warp":
-            raise ValueError("warp_input needs output_head 'warp': it is the warp head's unlearned warp")
-        self.warp_input = warp_input
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
         self.given_frame_input = given_frame_input
@@ -126,7 +82,7 @@ class UNet3D(nn.Module):
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepSequential(
-            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input) + int(warp_input)) + int(mask_input)
+            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input)) + int(mask_input)
                    + int(given_frame_input), ch))])
         skip_channels = [ch]
         ds = patch_size
@@ -154,8 +110,7 @@ class UNet3D(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        raw_channels = self.head.num_outputs(in_channels) if self.head else out_channels
-        self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, raw_channels * patch_size ** 2)))
+        self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, out_channels * patch_size ** 2)))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -164,7 +119,7 @@ class UNet3D(nn.Module):
         :param timesteps: [N] diffusion timesteps.
         :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
         :param y: [N] class labels, when class-conditional.
-        :return: [N, out_channels, T, H, W] ([N, 2 in_channels (+ 1 with warp_hold), ...] with the warp head).
+        :return: [N, out_channels, T, H, W].
         """
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"frame size {tuple(x.shape[-2:])} is not divisible by the total downsampling "
@@ -177,10 +132,9 @@ class UNet3D(nn.Module):
         if self.mask_input and obs_mask is None:
             raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
         offset = None
-        match = self.head.match(x, obs_mask) if self.head is not None else None
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)
-            x = torch.cat([x, given] + ([match.unlearned] if self.warp_input else []), dim=1)
+            x = torch.cat([x, given], dim=1)
         x = patchify(x, self.patch_size)
         if self.mask_input:
             n, _, t, h, w = x.shape
@@ -196,7 +150,4 @@ class UNet3D(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        out = unpatchify(self.out(h), self.patch_size)
-        if self.head is not None:
-            out = self.head(out, match)
-        return out
+        return unpatchify(self.out(h), self.patch_size)

@@ -74,9 +74,8 @@ def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.
                     # the unconditional pass must not see the given frames clean: noise them to level t
                     x_uncond = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
                     uncond = model(x_uncond, net_t, obs_mask=zeros, **kwargs)
-                    # x_0 is linear in the output's mean part: [F, W] for a prior-mean model (a
-                    # gated head's c is the conditional pass's, as a learned variance is)
-                    c = 2 * x.shape[1] if diffusion.prior_mean else x.shape[1]
+                    # x_0 is linear in the output's mean part
+                    c = x.shape[1]
                     mean = uncond[:, :c] + guidance_scale * (output[:, :c] - uncond[:, :c])
                     output = torch.cat([mean, output[:, c:]], dim=1)  # a learned variance: the conditional pass's
             out = diffusion.output_to_mean_variance(output, x, t, clip_denoised)

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 from ..build import create_model
 from ..config import Config, apply_overrides, validate
 from ..models.nn import to_channels_last
-from ..training.checkpoint import load_checkpoint
+from ..checkpoints import load_checkpoint
 
 
 def load_for_sampling(model_path, overrides: Optional[Dict] = None, use_ema: Optional[bool] = None,

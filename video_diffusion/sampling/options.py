@@ -50,7 +50,8 @@ class SampleOptions:
     guidance_scale: float = _opt(1.0, "frame guidance w: uncond + w (cond - uncond); 1 = none")
     num_frames: int = _opt(0, "frames per video L; beyond the model's window the video is rolled out window "
                               "by window (0 = the window)")
-    context_frames: int = _opt(0, "rollout: frames each new window is conditioned on (0 = half the window)")
+    context_frames: int = _opt(0, "rollout: frames each new window is conditioned on (0 = half the window, at most "
+                                  "the K frames training kept)")
     data_dir: str = _opt("", "videos giving the given frames and ground truth (default: held-out embedded videos)")
     deterministic: str = _opt("first", "test windows from --data_dir: the first of each video, or every "
                                        "non-overlapping one", choices=("first", "all"))

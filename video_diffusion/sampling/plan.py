@@ -152,13 +152,31 @@ def _check_options(cfg: Config, opts: SampleOptions) -> None:
     if opts.num_frames > seq_len:
         if opts.task == "infill":
             raise ValueError("--num_frames beyond seq_len works with --task prediction or generation")
-        if not 1 <= (opts.context_frames or seq_len // 2) < seq_len:
+        if not 1 <= (opts.context_frames or default_context_frames(cfg)) < seq_len:
             raise ValueError(f"--context_frames {opts.context_frames} must be in [1, {seq_len}): a window of "
                              f"{seq_len} frames must hold its context and at least one new frame")
     if opts.eta < 0:
         raise ValueError(f"--eta must be >= 0, got {opts.eta}")
     if opts.seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {opts.seed}")
+
+
+def default_context_frames(cfg: Config) -> int:
+    """
+    Frames each later window of a rollout is conditioned on, by default: half the window, but
+    never more than the K frames training kept (--max_num_mask_frames), so that every window
+    sees a mask of the kind it was trained on.
+    """
+    return max(1, min(cfg.model.seq_len // 2, cfg.mask.max_num_mask_frames))
+
+
+def context_note(cfg: Config, plan: "SamplingPlan") -> Optional[str]:
+    """A line to print when a rollout keeps more context frames than training ever kept; else None."""
+    k = cfg.mask.max_num_mask_frames
+    if plan.num_frames > plan.window and plan.context_frames > k:
+        return (f"note: --context_frames {plan.context_frames} conditions each window on more frames than training "
+                f"ever kept (K = --max_num_mask_frames {k}): those masks were never trained on")
+    return None
 
 
 def resolve_num_videos(opts: SampleOptions, num_test_videos: Optional[int]) -> int:
@@ -209,7 +227,7 @@ def resolve_plan(cfg: Config, opts: SampleOptions) -> SamplingPlan:
         options=opts, task=opts.task, num_cond_frames=opts.num_cond_frames,
         cond_frames=tuple(parse_int_list(opts.cond_frames, "--cond_frames")) if opts.task == "infill" else (),
         window=min(cfg.model.seq_len, num_frames), num_frames=num_frames,
-        context_frames=opts.context_frames or cfg.model.seq_len // 2, sampler=opts.sampler,
+        context_frames=opts.context_frames or default_context_frames(cfg), sampler=opts.sampler,
         sampler_options=sampler_options, conditioning=conditioning, guidance_scale=opts.guidance_scale,
         precision=opts.precision, diffusion=diffusion, grid=Grid.of(diffusion), grid_name=grid_of(opts), data=data,
         skipped=tuple((str(p), r) for p, r in getattr(data, "skipped", [])),

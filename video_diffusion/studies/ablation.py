@@ -24,21 +24,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..config import ModelConfig
 from ..evaluation.metrics import mean_and_std
 from ..sampling.options import SampleOptions
 from ..visualize import auto_scale, strip
 
 # Every model of the study is the base preset with these settings (previews off: they cost
 # time and measure nothing here). Model "b" is the preset's own recipe; on the CPU presets
-# that is the mask input, the nearest given frame as input and the warp head.
+# that is the mask input and the nearest given frame as input.
 STUDY_BASE = {"sample_interval": 0}
 
-# The plain network: no nearest-given-frame input and the direct output head (every
-# warp-head option back to its default, whichever of them the preset sets). The mask
-# input is compared on it, because the recipe's given-frame input needs the mask.
-PLAIN = {"given_frame_input": False, "output_head": "direct",
-         **{f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name.startswith("warp_")}}
+# The plain network: no nearest-given-frame input. The mask input is compared on it,
+# because the recipe's given-frame input needs the mask.
+PLAIN = {"given_frame_input": False}
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.metrics import mean_and_std
-from ..evaluation.quality import evaluate, frame_scores
+from ..evaluation.metrics import psnr_of_mse
+from ..evaluation.quality import evaluate, video_scores
 from ..files import write_atomically, write_json
 from ..sampling.generate import generate
 from ..sampling.plan import resolve_plan
@@ -84,11 +85,11 @@ def measure_row(cfg, model, ctx, base, generation, sampler: str, grid: str, eval
                        ["metrics"]["fvd"])
         opts = dataclasses.replace(base, sampler=sampler, steps=evaluations, grid=grid, seed=seed)
         items, s_per_video = run(cfg, model, opts, ctx)
-        scores = np.array([frame_scores(sample, gt, mask) for sample, gt, mask in items])
-        ref = np.array([frame_scores(sample, r[0], mask)[0] for (sample, _, mask), r in zip(items, reference(seed))])
-        psnr.append(scores[:, 0].mean())
+        scores = np.array([video_scores(sample, gt, mask) for sample, gt, mask in items])
+        ref = np.array([video_scores(sample, r[0], mask)[0] for (sample, _, mask), r in zip(items, reference(seed))])
+        psnr.append(psnr_of_mse(scores[:, 0].mean()))
         ssim.append(scores[:, 1].mean())
-        to_ref.append(ref.mean())
+        to_ref.append(psnr_of_mse(ref.mean()))
         secs.append(s_per_video)
     spec = SAMPLERS[sampler]  # the evaluations actually spent (a two-evaluation step rounds the budget down)
     nfe = spec.evaluations(spec.steps_for(evaluations) if evaluations else cfg.diffusion.diffusion_steps)

@@ -1,6 +1,7 @@
 """
 The training loop: masked-conditional diffusion training with AdamW, EMA, gradient
-accumulation, bf16 autocast, DDP on CPU and GPU, checkpoints and automatic resume.
+accumulation, bf16 autocast, DDP on CPU and GPU, checkpoints and automatic resume, and
+previews at --sample_interval (sampled by a ``Previews`` the set-up hands it).
 
 Reproducibility: the randomness of video j of the global batch at step s (its frame
 mask, timestep and noise) comes from a generator seeded by (seed, s, j). The same
@@ -8,9 +9,10 @@ global batch therefore trains the same way on 1 rank or 8, and a resumed run rep
 exactly what an uninterrupted run would have done.
 
 The loop is wiring. Its parts own their state (``state_dict``/``load_state_dict``):
-the network and optimizer, the ``EMA``, the timestep sampler, the statistics
-(``train_stats``), the per-video randomness (``masking.training_randomness``), the
-checkpoint files and their lineage (``checkpoint``), and stop signals (``preemption``).
+the network and optimizer, the ``EMA`` (``ema``), the timestep sampler
+(``diffusion.timestep_sampler``), the statistics (``stats``), the per-video randomness
+(``diffusion.masks.training_randomness``), the checkpoint files and their lineage
+(``video_diffusion.checkpoints``), and stop signals (``preemption``).
 """
 
 import contextlib
@@ -23,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed
-from .checkpoint import ResumePoint, fingerprint_changes, prepare_run_dir, save_checkpoint
+from ..checkpoints import ResumePoint, fingerprint_changes, prepare_run_dir, save_checkpoint
 from ..config import Config, check_resumable
 from ..flags import parse_float_list
 from ..seeds import rng_state, seed_process_rng, set_rng_state
@@ -34,7 +36,6 @@ from .logger import RunLogger
 from ..diffusion.masks import parse_mask_range, training_randomness
 from ..models.nn import to_channels_last
 from .preemption import Preempted, StopRequests
-from .previews import Previews
 from ..diffusion.timestep_sampler import LossSecondMomentResampler, create_timestep_sampler
 from .stats import StepStats, WindowStats
 
@@ -77,10 +78,14 @@ class TrainLoop:
     :param logger: the run logger (a no-op on non-main ranks).
     :param resume: the ``ResumePoint`` from ``find_resume``; None = fresh.
     :param data_fingerprint: what identifies the training data (stored; compared on resume).
+    :param previews: on the main rank, a callable ``(weights, step) -> dict`` that samples and
+        writes a preview (``previews.Previews``); None = no pictures on this rank (the others
+        still meet the main rank at a barrier every --sample_interval steps).
     """
 
     def __init__(self, cfg: Config, ctx: DistContext, model: torch.nn.Module, diffusion: GaussianDiffusion,
-                 data, logger: RunLogger, resume: Optional[ResumePoint] = None, data_fingerprint: Dict = None):
+                 data, logger: RunLogger, resume: Optional[ResumePoint] = None, data_fingerprint: Dict = None,
+                 previews=None):
         self.cfg, self.ctx, self.diffusion, self.logger = cfg, ctx, diffusion, logger
         t = cfg.train
         self.run_dir = Path(t.log_dir)
@@ -115,7 +120,7 @@ class TrainLoop:
         # the all-reduced stop votes of the last step and of the one before (read one step late: no stall)
         self._stop_vote = self._lagged_stop_vote = None
         # previews are sampled by the main rank only; every rank meets it at a barrier after
-        self.previews = Previews(cfg, ctx.device) if t.sample_interval and ctx.is_main else None
+        self.previews = previews
         self._previewed_step = -1
         self.step = 0
         self.lineage = {"forked_from": "", "forked_at": 0}
@@ -318,8 +323,8 @@ class TrainLoop:
             scores = {k: out[k] for k in ("preview_psnr", "preview_ssim")}
             self.logger.image("preview", out["image"], self.step)
             self.logger.info(f"preview at step {self.step}: prediction PSNR {scores['preview_psnr']:.2f} dB, "
-                             f"SSIM {scores['preview_ssim']:.3f} on {self.previews.prediction.num_videos} "
-                             f"{self.previews.source} -> {out['png']}")
+                             f"SSIM {scores['preview_ssim']:.3f} on {out['num_videos']} {out['source']} -> "
+                             f"{out['png']} (ground truth above prediction; last row: one generated video)")
         distributed.barrier(self.ctx)
         self._previewed_step = self.step
         self._log_time += time.perf_counter() - start

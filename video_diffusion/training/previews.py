@@ -10,7 +10,7 @@ every preview video from its first ``--sample_cond_frames`` frames and generates
 unconditionally, and writes ``<log_dir>/samples/step_<N>.png`` (ground truth above
 prediction for each video, given frames outlined in red, the generated video last) and
 ``step_<N>.gif``, and returns the prediction's PSNR and SSIM over the generated frames for
-progress.csv and TensorBoard.
+progress.csv and TensorBoard (PSNR from the mean squared error over all predicted frames).
 """
 
 from pathlib import Path
@@ -22,7 +22,7 @@ import torch
 from ..build import create_model
 from ..config import Config
 from ..distributed import DistContext
-from ..evaluation.metrics import PSNR_CAP, psnr, ssim
+from ..evaluation.metrics import mse, psnr_of_mse, ssim
 from ..sampling.generate import generate
 from ..sampling.options import SampleOptions
 from ..sampling.plan import resolve_plan, test_dataset
@@ -45,8 +45,10 @@ class Previews:
         # Held-out embedded videos; with --data_dir the first window of its first videos
         # (no held-out split is known during training; the log says so).
         self.source = "held-out embedded videos" if not t.data_dir else f"the first videos of {t.data_dir}"
-        common = dict(steps=min(t.sample_steps, cfg.diffusion.diffusion_steps), seed=t.seed, data_dir=t.data_dir)
-        count = min(t.sample_videos, len(test_dataset(cfg, seq_len, t.data_dir)))
+        # the previews read the training folder, so the training's --skip_bad_videos applies to them
+        common = dict(steps=min(t.sample_steps, cfg.diffusion.diffusion_steps), seed=t.seed, data_dir=t.data_dir,
+                      skip_bad_videos=t.skip_bad_videos)
+        count = min(t.sample_videos, len(test_dataset(cfg, seq_len, t.data_dir, skip_bad=t.skip_bad_videos)))
         self.prediction = resolve_plan(cfg, SampleOptions(task="prediction", num_cond_frames=t.sample_cond_frames,
                                                           num_samples=count, batch_size=count, **common))
         self.generation = resolve_plan(cfg, SampleOptions(task="generation", num_samples=1, **common))
@@ -58,7 +60,8 @@ class Previews:
         """
         Sample with ``weights`` (a state dict, e.g. the EMA weights) and write the pictures.
 
-        :return: {"preview_psnr": ..., "preview_ssim": ..., "png": path, "gif": path, "image": uint8 HWC}.
+        :return: {"preview_psnr": ..., "preview_ssim": ..., "png": path, "gif": path, "image": uint8 HWC,
+            "num_videos": ..., "source": where the videos come from}.
         """
         self.model.load_state_dict(weights)
         c = self.cfg.train.sample_cond_frames
@@ -71,7 +74,7 @@ class Previews:
         mask = np.stack([pred[i][2] for i in items])
         n = len(items)
         p, g = torch.from_numpy(pred_u8[:, c:]), torch.from_numpy(gt_u8[:, c:])
-        scores = {"preview_psnr": float(psnr(p, g).clamp(max=PSNR_CAP).mean()), "preview_ssim": float(ssim(p, g).mean())}
+        scores = {"preview_psnr": psnr_of_mse(mse(p, g).mean()), "preview_ssim": float(ssim(p, g).mean())}
         scale = auto_scale(self.cfg.model.image_size)
         picture = grid([[strip(gt_u8[i], mask[i], scale), strip(pred_u8[i], mask[i], scale)] for i in range(n)]
                        + [[strip(gen_u8[0], None, scale)]])
@@ -80,7 +83,7 @@ class Previews:
         picture.save(png)
         gif = self.out_dir / f"step_{step:07d}.gif"
         self._save_gif(gif, gt_u8, pred_u8, gen_u8, scale)
-        return {**scores, "png": png, "gif": gif, "image": np.asarray(picture)}
+        return {**scores, "png": png, "gif": gif, "image": np.asarray(picture), "num_videos": n, "source": self.source}
 
     @staticmethod
     def _save_gif(path, gt_u8, pred_u8, gen_u8, scale):

@@ -13,9 +13,10 @@ from ..config import Config, apply_overrides, config_from_args, validate
 from ..data import create_dataset, resolve_num_workers, train_loader
 from ..distributed import DistContext
 from ..seeds import seed_of
-from .checkpoint import ResumePoint, find_resume_point
+from ..checkpoints import ResumePoint, find_resume_point
 from .logger import RunLogger
 from .loop import TrainLoop
+from .previews import Previews
 
 
 def find_resume(cfg: Config) -> Optional[ResumePoint]:
@@ -66,5 +67,7 @@ def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=No
     torch.manual_seed(seed_of(cfg.train.seed, 0x1417))
     model = create_model(cfg)
     fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else {}
+    # previews: the main rank samples them; built here so the loop only calls them
+    previews = Previews(cfg, ctx.device) if cfg.train.sample_interval and ctx.is_main else None
     return TrainLoop(cfg, ctx, model, create_diffusion(cfg), data, logger, resume=resume,
-                     data_fingerprint=fingerprint)
+                     data_fingerprint=fingerprint, previews=previews)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data.synthetic import Digit, MovingDigits, draw_motion
-from ..evaluation.metrics import best_and_mean
+from .metrics import best_and_mean, psnr_best_and_mean
 
 
 def posterior_motions(ds: MovingDigits, digit: Digit, given: Sequence[int], num: int, rng: np.random.Generator,
@@ -66,12 +66,12 @@ def perfect_model_scores(ds: MovingDigits, obs_mask: np.ndarray, num_videos: int
                          seed: int = 0) -> Dict[str, float]:
     """
     The harness's figures (over the frames not given) for a perfect model on the first
-    ``num_videos`` videos of ``ds``: PSNR / SSIM mean over samples and best of
-    ``samples_per_video``.
+    ``num_videos`` videos of ``ds``: PSNR (from the mean squared error over the set) and SSIM,
+    of all samples and of each video's best of ``samples_per_video``.
 
     :param obs_mask: [T], 1 on the given frames.
     """
-    from ..evaluation.quality import frame_scores  # quality imports the sampling stack; this module stays light
+    from .quality import video_scores  # quality imports the sampling stack; this module stays light
 
     given = np.flatnonzero(obs_mask)
     ps, ss = [], []
@@ -80,9 +80,9 @@ def perfect_model_scores(ds: MovingDigits, obs_mask: np.ndarray, num_videos: int
         samples = perfect_samples(ds, v, given, samples_per_video, seed=seed)
         if not (samples[:, given] == gt[given]).all():
             raise RuntimeError(f"video {v}: a posterior sample differs from a given frame")
-        scores = [frame_scores(x, gt, obs_mask) for x in samples]
+        scores = [video_scores(x, gt, obs_mask) for x in samples]
         ps.append([x[0] for x in scores])
         ss.append([x[1] for x in scores])
-    psnr_mean, psnr_best = best_and_mean(torch.tensor(ps))
+    psnr_mean, psnr_best = psnr_best_and_mean(torch.tensor(ps))
     ssim_mean, ssim_best = best_and_mean(torch.tensor(ss))
     return {"psnr_mean": psnr_mean, "psnr_best": psnr_best, "ssim_mean": ssim_mean, "ssim_best": ssim_best}

@@ -8,17 +8,14 @@ digits that touch), each object gets the velocity that best explains it in the o
 frames (its motion simulated between them with the reflections; on a tie the slower), and
 every frame to generate draws each object moved on from its nearest given frame, the brighter
 value where two overlap (as the generator draws them). An object's extent is its ink box,
-which is the glyph box the generator reflects (its glyphs are cropped to their ink). It says
-which frames it explains: those whose objects, moved back, redraw every other given frame.
+which is the glyph box the generator reflects (its glyphs are cropped to their ink).
 Touching digits that move alike stay one object, overlapping ones hide ink, and a bounce in
 the frames between two given frames can be read the wrong way; with one given frame the
 velocity is open and it copies.
 
-It is a reference, what knowing the objects and the borders is worth on this data, beside
-the copy-last and black-frame baselines and the perfect model (``scripts/digits_ceiling.py``
-prints all four on the same held-out videos), and, with ``--warp_objects``, the warp head's
-prior: the network then learns to correct it (with ``--warp_gate``, only where it does not
-explain the given frames).
+It is an evaluation baseline, never part of the model: what knowing the objects and the
+borders is worth on this data, beside the copy-last and black-frame baselines and the
+perfect model (``scripts/digits_ceiling.py`` prints all four on the same held-out videos).
 """
 
 from typing import List, Sequence
@@ -175,38 +172,14 @@ def _draw(canvas: np.ndarray, frame: np.ndarray, mask: np.ndarray, velocity: np.
     np.maximum(region, patch, out=region)
 
 
-def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """``mask`` [H, W] bool grown by ``pixels`` in every direction (8-connected)."""
-    if pixels <= 0:
-        return mask
-    x = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.max_pool2d(x, 2 * pixels + 1, stride=1, padding=pixels)[0, 0].numpy() > 0
-
-
-def _moved_by(mask: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """A bool map [H, W] moved by ``delta`` (int [2]) whole pixels, False where nothing moves in."""
-    return _shift(mask[..., None], int(delta[0]), int(delta[1]))[..., 0]
-
-
-def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: bool = False,
-          per_pixel: bool = False):
+def track(video: np.ndarray, given: Sequence[int], radius: int = 3) -> np.ndarray:
     """
     Every frame of ``video`` predicted from its given frames alone.
 
     :param video: uint8 [T, H, W, C]; only the frames in ``given`` are read.
     :param given: indices of the given frames (at least one).
     :param radius: the largest velocity component tried, in pixels per frame.
-    :param explained: also return, per frame, whether the objects it is drawn from, moved to
-        each other given frame (those they were fitted on), redraw it to the grey level
-        (bool [T]; True on given frames, False for frames drawn from one given frame). Where a
-        frame is not explained the tracker has met something it does not model: digits that
-        touch or overlap and were not split, a velocity outside ``radius``.
-    :param per_pixel: with ``explained``, the verdict per pixel (bool [T, H, W]): in a frame that
-        is not explained, False only where an unexplained pixel of the given frames can land (one
-        of an object that does not redraw the other given frame, or ink there no object redraws),
-        moved on by any object's motion and grown by one pixel; True elsewhere. Where two digits
-        touch, the rest of the frame is still the tracker's.
-    :return: uint8 [T, H, W, C], the given frames as they are (and the verdict with ``explained``).
+    :return: uint8 [T, H, W, C], the given frames as they are.
     """
     if video.ndim != 4 or video.dtype != np.uint8:
         raise ValueError(f"the object tracker takes a uint8 video [T, H, W, C], got {video.dtype} of shape {video.shape}")
@@ -218,50 +191,16 @@ def track(video: np.ndarray, given: Sequence[int], radius: int = 3, explained: b
         raise ValueError(f"given frames {given} are not all in the video's {t} frames")
     frames = video.astype(np.float32)
     out = np.zeros_like(frames)
-    ok = np.zeros(t, dtype=bool)
-    ok[given] = True
-    sure = np.zeros(video.shape[:3], dtype=bool)  # the verdict per pixel
-    sure[given] = True
     # each frame's nearest given frame (the earlier one on a tie), and each source's nearest other given frame
     source = {f: min(given, key=lambda g: (abs(g - f), g)) for f in range(t) if f not in given}
     for s in sorted(set(source.values())):
         others = [g for g in given if g != s]
         partner = min(others, key=lambda g: (abs(g - s), g)) if others else None
-        targets = [f for f, src in source.items() if src == s]
         objects = segment(frames[s], None if partner is None else frames[partner], 0 if partner is None else s - partner,
                           radius)
-        velocities = [np.zeros(2, dtype=np.int64) if partner is None else fit(frames, s, others, mask, radius)[0]
-                      for mask in objects]
-        for mask, velocity in zip(objects, velocities):
-            for f in targets:
+        for mask in objects:
+            velocity = np.zeros(2, dtype=np.int64) if partner is None else fit(frames, s, others, mask, radius)[0]
+            for f in (f for f, src in source.items() if src == s):
                 _draw(out[f], frames[s], mask, velocity, f - s)
-        ok[targets] = bool(others)
-        misfits = []  # (the frame, its pixels nothing here explains) for the verdict per pixel
-        for g in others:  # explained: every other given frame redrawn from this one's objects
-            redrawn = np.zeros_like(frames[s])
-            for mask, velocity in zip(objects, velocities):
-                _draw(redrawn, frames[s], mask, velocity, g - s)
-            wrong = np.abs(redrawn - frames[g]).max(axis=-1) > 1.0
-            ok[targets] &= not wrong.any()
-            if per_pixel:
-                misfits.append((g, wrong))
-                # and each object's own pixels that do not land on their value in g (one object
-                # drawn over another can still leave the redrawn frame right)
-                for mask, velocity in zip(objects, velocities):
-                    delta = _displacement(mask, velocity, g - s)
-                    misfits.append((s, mask & (np.abs(_shift(frames[g], -delta[0], -delta[1]) - frames[s]).max(axis=-1)
-                                               > 1.0)))
-        if per_pixel and others:  # a frame drawn from one given frame stays unexplained
-            for f in targets:
-                unsure = np.zeros(video.shape[1:3], dtype=bool)
-                for mask, velocity in zip(objects, velocities):  # the misfits moved on by each object's motion
-                    to_f = _displacement(mask, velocity, f - s)
-                    for g, wrong in misfits:
-                        unsure |= _moved_by(wrong, to_f - _displacement(mask, velocity, g - s))
-                sure[f] = ~_dilate(unsure, 1)
     out[given] = frames[given]
-    out = np.round(out).astype(np.uint8)
-    if explained and per_pixel:
-        sure[ok] = True
-        return out, sure
-    return (out, ok) if explained else out
+    return np.round(out).astype(np.uint8)

@@ -21,9 +21,11 @@ history are numpy arrays). A file that needs anything else is refused before any
 is executed.
 """
 
+import errno
 import os
 import pickle
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..files import write_atomically
+from .files import write_atomically
 
 FORMAT = "video-diffusion-checkpoint"
 VERSION = 1
@@ -84,11 +86,53 @@ def save_checkpoint(run_dir, step: int, state: Dict[str, Any], keep: int = 3) ->
     try:  # the temporary .<name>.tmp is removed on any failure
         write_atomically(final, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-        raise CheckpointWriteError(f"could not write checkpoint {final}: {e}. The previous checkpoints in "
-                                   f"{run_dir} are intact.") from None
+        raise CheckpointWriteError(f"could not write checkpoint {final}: {write_failure_cause(e, run_dir, payload)}. "
+                                   f"The previous checkpoints in {run_dir} are intact.") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink()
     return final
+
+
+def state_bytes(state) -> int:
+    """The bytes of the tensors and arrays in a (nested) state: about what its checkpoint file takes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MB"
+
+
+def write_failure_cause(error: BaseException, folder, state) -> str:
+    """
+    Why writing ``state`` into ``folder`` failed, named by cause: out of space (with the free
+    space on that filesystem and the checkpoint's size), a folder that cannot be written (no
+    permission, read-only filesystem), or the error itself.
+    """
+    folder = Path(folder)
+    code = getattr(error, "errno", None)
+    needed = state_bytes(state)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), without errno
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and free is not None and free < needed + 2 ** 20):
+        where = f"{_megabytes(free)} free" if free is not None else "free space unknown"
+        return (f"out of space on the filesystem of {folder} ({where}; the checkpoint needs about "
+                f"{_megabytes(needed)})")
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}"
+    if code == errno.EROFS:
+        return f"{folder} is on a read-only filesystem"
+    return f"{type(error).__name__}: {error}"
 
 
 def remove_stale_temporaries(run_dir) -> List[Path]:
@@ -107,8 +151,16 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     (e.g. ``os.system``) is refused.
     """
     path = Path(path)
+    if path.is_dir():
+        newest = find_latest(path)
+        hint = f" (its newest checkpoint: {newest})" if newest else " (it holds no ckpt_*.pt file)"
+        raise ValueError(f"checkpoint {str(path)!r} is a folder; give a checkpoint file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as f:  # every torch.save file since torch 1.6 is a zip archive
+        if f.read(4) != b"PK\x03\x04":
+            raise ValueError(f"{str(path)!r} is not a checkpoint: a checkpoint is a torch zip archive, this file "
+                             "is not one")
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             state = torch.load(path, map_location=map_location, weights_only=True)
