@@ -7,8 +7,9 @@ held-out videos, drawn against videos seen with both baselines and the perfect m
 
 Per checkpoint: 2 -> T-2 prediction, T/2 -> T/2 prediction and infilling from the first and
 last frames (PSNR / SSIM over the generated frames, default sampler), generation FVD of
-rolled-out clips, and the network's x_0 from pure noise plus 2 frames (mean squared error
-per predicted frame). Rerun on the same --out_dir as the run goes on: measured checkpoints
+rolled-out clips, the network's x_0 from pure noise plus 2 frames (mean squared error
+per predicted frame), and the temporal-use diagnostic: at t = 850, 900, 950 the x_0 error a
+frame gains from the video's other frames (error with them blanked minus error with them). Rerun on the same --out_dir as the run goes on: measured checkpoints
 are kept and only new ones measured. To have many points, train with a short
 --save_interval and a large --keep_checkpoints.
 """
@@ -99,7 +100,10 @@ def main(argv=None):
             summary = ", ".join(f"{k} {v['psnr']:.2f} dB / {v['ssim']:.3f}" for k, v in point.items()
                                 if isinstance(v, dict) and "psnr" in v)
             fvd = f", FVD {point['generation']['fvd']:.0f}" if "generation" in point else ""
-            print(f"step {point['step']} ({point['videos_seen']:,} videos): {summary}{fvd}", flush=True)
+            use = point["temporal_use"]
+            gaps = " ".join(f"t{t} {g:+.4f}" for t, g in zip(use["t"], use["gap"]))
+            print(f"step {point['step']} ({point['videos_seen']:,} videos): {summary}{fvd}; temporal use {gaps}",
+                  flush=True)
     if ctx.is_main:
         write_json(curve_path, curve)
         plot_curve(curve, out_dir / "curve.png")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, script_env
 from conftest import MICRO_FLAGS
@@ -45,6 +46,10 @@ def test_curve_of_every_checkpoint_with_references_and_resume(run_dir, tmp_path)
     assert curve["references"]["pred2"]["label"] == "2 -> 4" and curve["references"]["infill"]["label"] == "infill 0,5"
     diag = point["x0_from_noise"]
     assert diag["frames"] == [2, 3, 4, 5] and len(diag["model"]) == 4 and min(diag["black"]) > 0
+    use = point["temporal_use"]
+    assert use["t"] == [850, 900, 950] and all(w > 0 for w in use["with_others"])
+    assert use["gap"] == pytest.approx([b - w for b, w in zip(use["others_blanked"], use["with_others"])])
+    assert "temporal use t850" in proc.stdout
     assert (out / "curve.png").stat().st_size > 1000
     # a rerun measures nothing again (a marked value survives), other settings are refused
     curve["points"]["2"]["pred2"]["psnr"] = -123.0
@@ -67,3 +72,42 @@ def test_a_corrupt_checkpoint_is_named(run_dir, tmp_path):
     (bad / "ckpt_0000002.pt").write_bytes(b"not a checkpoint")
     proc = run([sys.executable, CURVE, "--run_dir", str(bad), "--out_dir", str(tmp_path / "c"), "--fvd_videos", "0"])
     assert proc.returncode == 2 and "ckpt_0000002.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class FrameMean(torch.nn.Module):
+    """x_0 of every frame from the mean of the video's noisy frames: the linear (Wiener)
+    denoiser of that mean for data of mean ``mu`` and variance ``var`` (pools across time)."""
+
+    def __init__(self, alphas_cumprod, mu, var):
+        super().__init__()
+        self.abar, self.mu, self.var = torch.as_tensor(alphas_cumprod, dtype=torch.float32), mu, var
+
+    def forward(self, x, t, obs_mask=None):
+        abar = self.abar[t][:, None, None, None, None]
+        gain = abar.sqrt() * self.var / (abar * self.var + (1 - abar) / x.shape[2])
+        return self.mu + gain * (x.mean(dim=2, keepdim=True) - abar.sqrt() * self.mu).expand_as(x)
+
+
+class EachFrameAlone(torch.nn.Module):
+    """x_0 of every frame from that frame alone."""
+
+    def forward(self, x, t, obs_mask=None):
+        return 0.5 * x
+
+
+def test_the_temporal_use_diagnostic_sees_pooling_across_frames_and_only_that():
+    from conftest import micro_config
+    from video_diffusion.evaluation.curve import temporal_use
+
+    from video_diffusion.build import create_diffusion
+
+    cfg = micro_config(predict_xstart=True, seq_len=6, image_size=16, dataset="textures", noise_schedule="cosine",
+                       diffusion_steps=1000)
+    alone = temporal_use(cfg, EachFrameAlone(), num_videos=4)
+    assert alone["gap"] == pytest.approx([0.0] * 3, abs=1e-12)  # the other frames change nothing
+    from video_diffusion.sampling.plan import test_dataset
+
+    videos = torch.stack([test_dataset(cfg, 6)[v]["video"] for v in range(4)])
+    pooling = FrameMean(create_diffusion(cfg).alphas_cumprod, videos.mean().item(), videos.var().item())
+    pooled = temporal_use(cfg, pooling, num_videos=4)
+    assert all(g > 1e-4 for g in pooled["gap"]), pooled  # blanking the other frames costs the pooling model

@@ -33,6 +33,8 @@ class ModelConfig:
     attention_resolutions: str = _f("16,8", "frame sizes (pixels) at which attention is used, e.g. '16,8'")
     attention_type: str = _f("factorized", "'factorized' (spatial then temporal) or 'full' space-time (RaMViD)",
                              choices=("factorized", "full"))
+    attention_position: str = _f("none", "positions in attention: 'none' (permuting frames permutes the output) or "
+                                 "'rope' (axial rotary positions in time and space)", choices=("none", "rope"))
     conv_type: str = _f("3d", "residual-block convolutions: '3d' (3x3x3) or '2+1d' (3x3 in space, then 3 in time: "
                         "about half the compute)", choices=("3d", "2+1d"))
     patch_size: int = _f(1, "fold p x p pixel patches into channels: the UNet runs at 1/p resolution, ~p^2 cheaper")
@@ -76,7 +78,10 @@ class MaskConfig:
 @dataclass
 class TrainConfig:
     log_dir: str = _f("", "run directory (logs, checkpoints); default runs/<preset or 'default'>")
-    data_dir: str = _f("", "folder of training videos; empty = the embedded synthetic moving-digits data")
+    data_dir: str = _f("", "folder of training videos; empty = the embedded synthetic videos of --dataset")
+    dataset: str = _f("digits", "the embedded videos used without --data_dir: 'digits' (coloured digits on black, "
+                      "bouncing) or 'textures' (textured shapes over a drifting textured background)",
+                      choices=("digits", "textures"))
     num_workers: int = _f(-1, "DataLoader worker processes; -1 = fit the machine")
     frame_stride: int = _f(1, "take every k-th frame of the source videos")
     class_cond: bool = _f(False, "class-conditional: labels from the file-name prefix before the first '_'")
@@ -261,6 +266,8 @@ def _check_training(m: ModelConfig, mk: MaskConfig, t: TrainConfig) -> None:
         raise ValueError(f"--sample_cond_frames must be in [1, --seq_len {m.seq_len}), got {t.sample_cond_frames}")
     if t.sample_videos < 1 or t.sample_steps < 1:
         raise ValueError("--sample_videos and --sample_steps must be >= 1")
+    if t.data_dir and t.dataset != "digits":
+        raise ValueError(f"--dataset {t.dataset} names an embedded dataset; it cannot be combined with --data_dir")
     if t.grad_clip < 0:
         raise ValueError(f"--grad_clip must be >= 0, got {t.grad_clip}")
     if t.seed < 0:

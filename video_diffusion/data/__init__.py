@@ -15,16 +15,17 @@ from .folder import VideoFolder
 from ..seeds import seed_of
 from .sampler import TrainBatchSampler, eval_shard
 from .synthetic import MovingDigits
+from .textures import MovingTextures
 from .video_io import BadVideo
 
-__all__ = ["MovingDigits", "VideoFolder", "BadVideo", "TrainBatchSampler", "eval_shard", "seed_of",
-           "create_dataset", "train_loader", "resolve_num_workers"]
+__all__ = ["MovingDigits", "MovingTextures", "VideoFolder", "BadVideo", "TrainBatchSampler", "eval_shard", "seed_of",
+           "create_dataset", "embedded_digits", "data_source", "train_loader", "resolve_num_workers"]
 
 
 def create_dataset(cfg, data_dir=None, seq_len=None, windows="random", seed_offset=0, skip_bad=None):
     """
     A dataset for the configuration: the video folder ``data_dir`` (default --data_dir), or
-    the embedded moving digits when there is none: the training videos follow --seed, and a
+    the embedded videos of --dataset (moving digits or moving textures) when there is none: the training videos follow --seed, and a
     nonzero ``seed_offset`` picks another set that is the same for every --seed (the held-out
     videos of sampling and evaluation), so runs trained with different seeds are scored on the
     same videos. ``skip_bad`` None = the training flag --skip_bad_videos.
@@ -40,7 +41,21 @@ def create_dataset(cfg, data_dir=None, seq_len=None, windows="random", seed_offs
         raise ValueError("--class_cond needs --data_dir (labels come from file-name prefixes)")
     # seed_of(0, offset) is what seed 0 drew before the held-out set was made independent of
     # --seed, so the figures measured on seed 0 still stand.
-    return MovingDigits(m.image_size, seq_len, channels=channels, seed=seed_of(0, seed_offset) if seed_offset else t.seed)
+    seed = seed_of(0, seed_offset) if seed_offset else t.seed
+    if t.dataset == "textures":
+        return MovingTextures(m.image_size, seq_len, channels=channels, seed=seed)
+    return MovingDigits(m.image_size, seq_len, channels=channels, seed=seed)
+
+
+def embedded_digits(cfg) -> bool:
+    """Whether the configuration trains on the embedded moving digits (where the perfect model
+    and the object tracker are known baselines)."""
+    return not cfg.train.data_dir and cfg.train.dataset == "digits"
+
+
+def data_source(cfg) -> str:
+    """Where the training videos come from, in words."""
+    return cfg.train.data_dir or f"the embedded moving-{cfg.train.dataset} generator"
 
 
 def resolve_num_workers(requested: int, local_world_size: int = 1) -> int:

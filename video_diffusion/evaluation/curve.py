@@ -11,7 +11,12 @@ Per checkpoint (``measure_checkpoint``):
   pure noise plus the first 2 frames (one network call at the last timestep), its mean
   squared error per predicted frame. It shows what the network has learned to carry forward
   before any sampler is involved: a network that has learned motion is near 0 on the first
-  predicted frames, one that has learned only the data's look sits near the black frame.
+  predicted frames, one that has learned only the data's look sits near the black frame;
+- the diagnostic ``temporal_use``: at high noise (t = 850, 900, 950 of 1000), where a
+  generated video's content is decided, how much the network's x_0 of a frame gains from the
+  video's other frames: the error with the other frames blanked (black, noised alike) minus
+  the error with them. A network that pools what the frames share across time shows a gap;
+  one that treats each frame alone shows none.
 
 The references (``references``) are computed once per curve: both baselines per task, the
 perfect model (exact posterior samples, ``ceiling.py``), and the FVD of real clips against
@@ -25,7 +30,7 @@ import torch
 
 from .. import distributed
 from ..build import create_diffusion
-from ..data import create_dataset
+from ..data import create_dataset, embedded_digits
 from ..seeds import seed_of
 from ..sampling.loading import load_for_sampling
 from ..sampling.options import SampleOptions
@@ -76,6 +81,44 @@ def x0_from_noise(cfg, model, num_videos: int, num_given: int = 2, seed: int = 0
             "copy_last_given": per_frame(gt[:, :, num_given - 1:num_given].expand_as(gt))}
 
 
+TEMPORAL_USE_TIMESTEPS = (850, 900, 950)
+
+
+@torch.no_grad()
+def temporal_use(cfg, model, num_videos: int, timesteps=TEMPORAL_USE_TIMESTEPS, seed: int = 0, device="cpu") -> Dict:
+    """
+    Per timestep (of 1000; scaled to --diffusion_steps), the x_0 error (mean squared, [-1, 1]
+    units) of the held-out videos' frames with no frame given, each frame denoised once with the
+    video's own other frames and once with them blanked (black frames noised with the same
+    noise): {"t": [...], "with_others": [...], "others_blanked": [...], "gap": blanked - with}.
+    """
+    data = test_dataset(cfg, cfg.model.seq_len)
+    gt = torch.stack([data[v]["video"] for v in range(num_videos)]).to(device)
+    n, _, frames = gt.shape[:3]
+    diffusion = create_diffusion(cfg, timestep_respacing="")
+    mask = torch.zeros(n, frames, device=device)
+    denoise = make_denoiser(diffusion, model, gt, mask)
+    out = {"t": [], "with_others": [], "others_blanked": [], "gap": []}
+    for t in timesteps:
+        step = min(diffusion.num_timesteps - 1, round(t * diffusion.num_timesteps / 1000))
+        gens = [torch.Generator(device="cpu").manual_seed(seed_of(seed, v, 0x7E, t)) for v in range(n)]
+        noise = torch.stack([torch.randn(gt.shape[1:], generator=g) for g in gens]).to(device)
+        steps = torch.full((n,), step, device=device, dtype=torch.long)
+        x_t = diffusion.q_sample(gt, steps, noise)
+        blank_t = diffusion.q_sample(torch.full_like(gt, -1.0), steps, noise)
+        with_others = ((denoise(x_t, step)["pred_xstart"].double() - gt.double()) ** 2).mean().item()
+        alone = []
+        for f in range(frames):
+            x = blank_t.clone()
+            x[:, :, f] = x_t[:, :, f]
+            alone.append(((denoise(x, step)["pred_xstart"][:, :, f].double() - gt[:, :, f].double()) ** 2).mean().item())
+        blanked = float(np.mean(alone))
+        for key, value in (("t", t), ("with_others", with_others), ("others_blanked", blanked),
+                           ("gap", blanked - with_others)):
+            out[key].append(value)
+    return out
+
+
 def measure_checkpoint(path, ctx: distributed.DistContext, num_videos: int = 32, seed: int = 0,
                        i3d=None, fvd_videos: int = 32, fvd_frames: int = 16,
                        real_features_cache: Optional[Dict] = None) -> Optional[Dict]:
@@ -101,6 +144,7 @@ def measure_checkpoint(path, ctx: distributed.DistContext, num_videos: int = 32,
             point["generation"] = {"fvd": result["metrics"]["fvd"]}
     if ctx.is_main:
         point["x0_from_noise"] = x0_from_noise(cfg, model, num_videos, seed=seed, device=ctx.device)
+        point["temporal_use"] = temporal_use(cfg, model, num_videos, seed=seed, device=ctx.device)
         return point
     return None
 
@@ -116,6 +160,7 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
     out: Dict = {}
     data = test_dataset(cfg, cfg.model.seq_len)
     embedded = not cfg.train.data_dir
+    digits = embedded_digits(cfg)
     for task in curve_tasks(cfg.model.seq_len):
         mask = task_mask(task["task"], 1, cfg.model.seq_len, task.get("num_cond_frames", 0),
                          task.get("cond_frames", ""))[0].numpy()
@@ -124,10 +169,10 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
             gt = data.frames(v) if embedded else to_uint8(data[v]["video"][None])[0]
             copy.append(video_scores(copy_last_given(gt, mask), gt, mask))
             black.append(video_scores(np.zeros_like(gt), gt, mask))
-            if embedded:  # the object tracker: a model-free baseline that knows the digits' rules
+            if digits:  # the object tracker: a model-free baseline that knows the digits' rules
                 tracked.append(video_scores(track(gt, np.flatnonzero(mask)), gt, mask))
         entry = {"label": task["label"], "copy_last_given": set_scores(copy), "black": set_scores(black)}
-        if embedded:
+        if digits:
             from .perfect import perfect_model_scores
             p = perfect_model_scores(data, mask, num_videos, perfect_samples)
             entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
@@ -161,7 +206,7 @@ def plot_curve(curve: Dict, path) -> None:
     refs = curve["references"]
     tasks = [k for k in refs if k != "generation"]
     x = [p["videos_seen"] for p in points]
-    fig, axes = plt.subplots(2, len(tasks) + 1, figsize=(4.2 * (len(tasks) + 1), 7.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks) + 2, figsize=(4.2 * (len(tasks) + 2), 7.2), squeeze=False)
     styles = {"copy_last_given": ("copy last given", "tab:orange", "--"), "black": ("black frame", "k", ":"),
               "object_tracker": ("object tracker", "tab:purple", "-."), "perfect": ("perfect model", "tab:green", "-")}
     for col, key in enumerate(tasks):
@@ -184,6 +229,17 @@ def plot_curve(curve: Dict, path) -> None:
             ax.legend(fontsize=7, loc="lower right")
             ax.grid(alpha=0.3)
     ax = axes[0][-1]
+    use = [(p["videos_seen"], p["temporal_use"]) for p in points if "temporal_use" in p]
+    if use:
+        for i, t in enumerate(use[0][1]["t"]):
+            ax.plot([u[0] for u in use], [u[1]["gap"][i] for u in use], "o-", label=f"t = {t}")
+        ax.axhline(0, color="k", linewidth=0.5)
+        ax.legend(fontsize=7)
+    ax.set_title("temporal use: x_0 error gained from the other frames")
+    ax.set_xlabel("videos seen")
+    ax.grid(alpha=0.3)
+    axes[1][-1].axis("off")
+    ax = axes[0][-2]
     fvd = [(p["videos_seen"], p["generation"]["fvd"]) for p in points if "generation" in p]
     if fvd:
         ax.plot(*zip(*fvd), "o-", color="tab:blue", label="model")
@@ -194,7 +250,7 @@ def plot_curve(curve: Dict, path) -> None:
     ax.set_title("generation: FVD (lower is better)")
     ax.set_xlabel("videos seen")
     ax.grid(alpha=0.3)
-    ax = axes[1][-1]
+    ax = axes[1][-2]
     for p, shade in zip(points, np.linspace(0.3, 1.0, len(points))):
         d = p["x0_from_noise"]
         ax.plot(d["frames"], d["model"], "o-", color=(0.1, 0.3, 0.8, shade), label=f"{p['videos_seen']:,} videos")

@@ -158,6 +158,38 @@ class ResBlock(TimestepBlock):
         return self.skip(x) + self.out_layers(h)
 
 
+POSITIONS = ("none", "rope")
+# Rotary frequencies: base**(-2i/d) for i < d/2. Grids here are 4-32 cells and 8-20 frames, so a
+# base of 100 (rather than language models' 10000) keeps every rotated pair turning within them.
+ROPE_BASE = 100.0
+
+
+def rotary_tables(sizes, head_dim: int, device, dtype):
+    """
+    cos and sin [L, head_dim] for tokens on a grid of ``sizes`` (row-major, as the attention
+    flattens them): the head's channels are split into one block of pairs per axis, each pair
+    rotated by its axis coordinate times its frequency; channels left over stay unrotated.
+    """
+    per_axis = (head_dim // (2 * len(sizes))) * 2
+    if per_axis == 0:
+        raise ValueError(f"rotary positions need at least {2 * len(sizes)} channels per head, got {head_dim}")
+    grids = torch.meshgrid(*[torch.arange(n, device=device, dtype=torch.float32) for n in sizes], indexing="ij")
+    inv_freq = ROPE_BASE ** (-torch.arange(0, per_axis, 2, device=device, dtype=torch.float32) / per_axis)
+    angles = torch.cat([g.reshape(-1, 1) * inv_freq for g in grids], dim=1)  # [L, head_dim_rotated / 2]
+    angles = angles.repeat_interleave(2, dim=1)
+    rest = head_dim - angles.shape[1]
+    cos = torch.cat([angles.cos(), torch.ones(angles.shape[0], rest, device=device)], dim=1)
+    sin = torch.cat([angles.sin(), torch.zeros(angles.shape[0], rest, device=device)], dim=1)
+    return cos.to(dtype), sin.to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021) of x [..., L, D]: each channel pair (2i, 2i+1) turned."""
+    pairs = x.unflatten(-1, (-1, 2))
+    swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    return x * cos + swapped * sin
+
+
 class AttentionBlock(nn.Module):
     """
     Multi-head self-attention over one axis group of a [N, C, T, H, W] tensor, through
@@ -166,9 +198,15 @@ class AttentionBlock(nn.Module):
     ``axes`` picks the tokens: "space" attends within each frame (H*W tokens),
     "time" attends across frames at each pixel (T tokens), "spacetime" attends over all
     T*H*W positions (RaMViD's full attention; quadratic in the video size).
+
+    ``position`` "none" leaves attention without positions (permuting the tokens permutes the
+    output); "rope" rotates queries and keys by their coordinates on each of its axes (axial
+    rotary embedding), so a score depends on the tokens' offset in time and space, e.g. "the
+    same place, one frame on".
     """
 
-    def __init__(self, channels, axes, num_heads=1, num_head_channels=-1, use_checkpoint=False, norm="group"):
+    def __init__(self, channels, axes, num_heads=1, num_head_channels=-1, use_checkpoint=False, norm="group",
+                 position="none"):
         super().__init__()
         if num_head_channels != -1:
             if channels % num_head_channels:
@@ -176,7 +214,10 @@ class AttentionBlock(nn.Module):
             num_heads = channels // num_head_channels
         if channels % num_heads:
             raise ValueError(f"--num_heads {num_heads} does not divide {channels} channels")
+        if position not in POSITIONS:
+            raise ValueError(f"attention position must be one of {POSITIONS}, got {position!r}")
         self.axes = axes
+        self.position = position
         self.num_heads = num_heads
         self.use_checkpoint = use_checkpoint
         self.norm = normalization(channels, norm)
@@ -198,7 +239,12 @@ class AttentionBlock(nn.Module):
             qkv = qkv.permute(1, 0, 5, 6, 2, 4, 3).reshape(3, n * h * w, heads, t, dh)
         else:  # tokens: t*h*w, batch: n
             qkv = qkv.permute(1, 0, 2, 4, 5, 6, 3).reshape(3, n, heads, t * h * w, dh)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.position == "rope":
+            sizes = {"space": (h, w), "time": (t,), "spacetime": (t, h, w)}[self.axes]
+            cos, sin = rotary_tables(sizes, dh, x.device, q.dtype)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v)
         if self.axes == "space":
             out = out.reshape(n, t, heads, h, w, dh).permute(0, 2, 5, 1, 3, 4)
         elif self.axes == "time":
@@ -208,11 +254,12 @@ class AttentionBlock(nn.Module):
         return x + self.proj_out(out.reshape(n, c, t, h, w))
 
 
-def attention(channels, attention_type, num_heads, num_head_channels, use_checkpoint, norm="group") -> nn.Module:
+def attention(channels, attention_type, num_heads, num_head_channels, use_checkpoint, norm="group",
+              position="none") -> nn.Module:
     """Factorized space-then-time attention, or one full space-time attention."""
     if attention_type == "full":
-        return AttentionBlock(channels, "spacetime", num_heads, num_head_channels, use_checkpoint, norm)
+        return AttentionBlock(channels, "spacetime", num_heads, num_head_channels, use_checkpoint, norm, position)
     return nn.Sequential(
-        AttentionBlock(channels, "space", num_heads, num_head_channels, use_checkpoint, norm),
-        AttentionBlock(channels, "time", num_heads, num_head_channels, use_checkpoint, norm),
+        AttentionBlock(channels, "space", num_heads, num_head_channels, use_checkpoint, norm, position),
+        AttentionBlock(channels, "time", num_heads, num_head_channels, use_checkpoint, norm, position),
     )

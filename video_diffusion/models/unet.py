@@ -40,6 +40,8 @@ class UNet3D(nn.Module):
     :param num_classes: if set, the network is class-conditional through ``y``.
     :param norm: "group" (GroupNorm over the video, improved-diffusion's) or "channel"
         (across channels at each position, which keeps a given digit's colour; ``nn.ChannelNorm``).
+    :param attention_position: "none" (attention sees no positions) or "rope" (axial rotary
+        positions in time and space, ``blocks.AttentionBlock``).
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -47,7 +49,8 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group"):
+                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
+                 attention_position: str = "none"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -77,7 +80,7 @@ class UNet3D(nn.Module):
             return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint, conv_type, norm)
 
         def attn(ch):
-            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint, norm)
+            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint, norm, attention_position)
 
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels

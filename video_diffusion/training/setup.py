@@ -10,7 +10,7 @@ import torch
 
 from ..build import create_diffusion, create_model
 from ..config import Config, apply_overrides, config_from_args, validate
-from ..data import create_dataset, resolve_num_workers, train_loader
+from ..data import create_dataset, data_source, resolve_num_workers, train_loader
 from ..distributed import DistContext
 from ..seeds import seed_of
 from ..checkpoints import ResumePoint, find_resume_point
@@ -49,7 +49,7 @@ def resolve_train_config(args):
 def build_train_loop(cfg: Config, ctx: DistContext, logger: RunLogger, resume=None, dataset=None) -> TrainLoop:
     """Model, diffusion process and data of a configuration, assembled into a TrainLoop."""
     dataset = dataset if dataset is not None else create_dataset(cfg)
-    logger.info(f"data: {len(dataset)} videos from {cfg.train.data_dir or 'the embedded moving-digits generator'}")
+    logger.info(f"data: {len(dataset)} videos from {data_source(cfg)}")
     for path, reason in getattr(dataset, "skipped", []):
         logger.info(f"skipped {path}: {reason}")
     if getattr(dataset, "skipped", None):
