@@ -9,13 +9,19 @@ Training and sampling speed, memory and FLOPs for a configuration.
 
 Training: median seconds per optimizer step over --steps timed steps after --warmup, on a
 fixed batch held in memory (data loading is measured by benchmark_data.py). Peak memory:
-max RSS of the process on CPU, max allocated on GPU. FLOPs per step: forward and backward
-of the network, counted by torch.utils.flop_counter. Sampling: seconds per video for
+max RSS of the process on CPU, max allocated on GPU; memory per video: the growth of the
+peak from half the batch to the batch, per video (the activations one more video costs).
+FLOPs per step: forward and backward of the network on one video, counted by
+torch.utils.flop_counter on the uncompiled network, times the batch (so --compile and a
+batch at the edge of memory are counted the same way). --probe_batch first finds the
+largest batch that fits (doubling from --batch_size until out of memory, one step each) and
+benchmarks that. Sampling: seconds per video for
 --sampling_batch videos predicted from one frame with --sampler and --sampling_steps network
 evaluations, through the generation code of video_sample.py, in the run's --precision.
 """
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -48,6 +54,67 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def build(cfg, ctx):
+    """The training loop of ``cfg`` (driven by hand) and one fixed batch of its videos."""
+    logger = RunLogger(cfg.train.log_dir, enabled=False)
+    data = create_dataset(cfg)
+    batch = {"video": torch.stack([data[i % len(data)]["video"] for i in range(cfg.train.batch_size)])}
+    loop = build_train_loop(cfg, ctx, logger, resume=None, dataset=data)
+    loop.data = iter(())  # the loop is driven with the fixed batch
+    return loop, batch
+
+
+def count_flops(loop, batch) -> float:
+    """
+    FLOPs of one training step's forward and backward: counted on one video through the
+    uncompiled network (outside torch.compile, and small enough to fit wherever the batch
+    does), times the batch size. Convolutions, matrix products and attention scale linearly
+    with the batch, so this equals a count over the whole batch.
+    """
+    x = batch["video"][:1].to(loop.ctx.device)
+    t = torch.full((1,), loop.diffusion.num_timesteps // 2, device=x.device, dtype=torch.long)
+    mask = torch.zeros(1, x.shape[2], device=x.device)
+    mask[:, 0] = 1
+    with FlopCounterMode(display=False) as counter, torch.autocast(**loop.autocast):
+        loss = loop.diffusion.training_losses(loop.model, x, t, obs_mask=mask)["loss"].mean()
+        loss.backward()
+    loop.opt.zero_grad(set_to_none=True)
+    return counter.get_total_flops() * batch["video"].shape[0]
+
+
+def probe_batch(cfg, ctx, largest: int):
+    """
+    The largest batch, doubling from --batch_size up to ``largest``, for which one training
+    step fits in memory. :return: (cfg at that batch or None if none fits, one row per batch tried).
+    """
+    rows, fits = [], None
+    batch_size = cfg.train.batch_size
+    while batch_size <= largest:
+        trial = apply_overrides(cfg, {"batch_size": batch_size})
+        try:
+            loop, batch = build(trial, ctx)
+            reset_peak(ctx.device)
+            loop.run_step(batch)
+            sync(ctx.device)
+            rows.append({"batch_size": batch_size, "fits": True, "peak_mem_mb": peak_memory_mb(ctx.device)})
+            fits = trial
+        except torch.OutOfMemoryError as e:
+            rows.append({"batch_size": batch_size, "fits": False, "error": f"out of memory: {str(e).splitlines()[0]}"})
+            break
+        finally:
+            loop = batch = None
+            gc.collect()  # the failed step's tensors, before the allocator's cache is emptied
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+        batch_size *= 2
+    return fits, rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -60,6 +127,8 @@ def main(argv=None):
                    help="network evaluations per video of the sampling measurement (-1 = the sampler's default)")
     p.add_argument("--sampling_batch", type=int, default=2, help="videos sampled together")
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU, e.g. 989 (H100 bf16 dense)")
+    p.add_argument("--probe_batch", type=int, default=0, metavar="MAX",
+                   help="find the largest batch that fits, doubling from --batch_size up to MAX (0 = off)")
     p.add_argument("--smoke", action="store_true", help="1 warm-up, 2 timed steps, 2 sampling steps (for CI)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
@@ -76,17 +145,21 @@ def main(argv=None):
 
     ctx = distributed.setup_dist()
     device = ctx.device
-    logger = RunLogger(cfg.train.log_dir, enabled=False)
-    data = create_dataset(cfg)
-    batch = {"video": torch.stack([data[i]["video"] for i in range(cfg.train.batch_size)])}
-    loop = build_train_loop(cfg, ctx, logger, resume=None, dataset=data)
-    loop.data = iter(())  # the loop is driven with the fixed batch below
+    probed = []
+    if args.probe_batch:
+        cfg, probed = probe_batch(cfg, ctx, args.probe_batch)
+        if cfg is None:
+            tried = ", ".join(f"{r['batch_size']}" for r in probed)
+            sys.exit(f"error: out of memory at every batch tried ({tried}): {probed[-1]['error']}")
+    loop, batch = build(cfg, ctx)
+    flops_per_step = count_flops(loop, batch)
 
-    # FLOPs of one forward + backward of the network, counted on a separate step
-    with FlopCounterMode(display=False) as counter:
-        loop.run_step(batch)
-    flops_per_step = counter.get_total_flops()
-
+    # memory per video: the peak's growth from half the batch to the batch
+    half = max(1, cfg.train.batch_size // 2)
+    reset_peak(device)
+    loop.run_step({"video": batch["video"][:half]})
+    sync(device)
+    half_peak = peak_memory_mb(device)
     times = []
     for i in range(args.warmup + args.steps):
         sync(device)
@@ -97,6 +170,7 @@ def main(argv=None):
             times.append(time.perf_counter() - start)
     s_per_step = statistics.median(times)
     train_peak = peak_memory_mb(device)
+    per_video = (train_peak - half_peak) / (cfg.train.batch_size - half) if cfg.train.batch_size > half else None
 
     # sampling: 1 -> seq_len - 1 prediction through the generation path of video_sample.py
     # (one rank's share of --sampling_batch videos), in the run's --precision
@@ -119,6 +193,9 @@ def main(argv=None):
         "train_s_per_step": s_per_step,
         "train_videos_per_s": cfg.train.batch_size / s_per_step,
         "train_peak_mem_mb": train_peak,
+        "train_mem_per_video_mb": per_video,
+        "batch_size": cfg.train.batch_size,
+        "batch_probe": probed,
         "sample_s_per_video": sample_s_per_video,
         "flops_per_step": flops_per_step,
         "achieved_tflops": achieved_tflops,
@@ -132,7 +209,9 @@ def main(argv=None):
     rows = [("device", result["device"]),
             ("train s/step (median)", f"{s_per_step:.3f}"),
             ("train videos/s", f"{result['train_videos_per_s']:.2f}"),
+            ("train batch", f"{cfg.train.batch_size}" + (f" (largest that fits of {', '.join(str(r['batch_size']) for r in probed)})" if probed else "")),
             ("train peak memory MB", f"{train_peak:.0f}"),
+            ("train memory per video MB", f"{per_video:.0f}" if per_video is not None else "(batch 1)"),
             ("GFLOP per step", f"{flops_per_step / 1e9:.1f}"),
             ("achieved TFLOP/s", f"{achieved_tflops:.3f}"),
             ("MFU", f"{result['mfu']:.1%}" if result["mfu"] is not None else "(give --peak_tflops)"),
