@@ -88,7 +88,6 @@ def main(argv=None):
         logger.close()
     if lock is not None:
         lock.release()
-    logger.close()
     distributed.finish(ctx, status)
 
 

@@ -80,3 +80,19 @@ def test_train_script_under_mpiexec(tmp_path):
     assert "on 2 rank(s)" in (run / "log.txt").read_text()
     # rank 0 alone writes: one header, one row per logged step
     assert len((run / "progress.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
+@pytest.mark.parametrize("preset, shrink", [("tiny", []), ("small", []),
+                                            # bair64's network at a fraction of its width and window
+                                            ("bair64", ["--num_channels", "16", "--seq_len", "4"])])
+def test_every_preset_trains_on_two_ranks(tmp_path, preset, shrink):
+    # DDP fails a step when a parameter gets no gradient: every parameter of each preset's network is used
+    run = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, str(REPO / "scripts" / "video_train.py"), "--preset", preset,
+           *shrink, "--log_dir", str(run), "--batch_size", "1", "--max_steps", "2", "--log_interval", "1",
+           "--sample_interval", "0", "--num_workers", "0", "--save_interval", "2"]
+    proc = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (run / "ckpt_0000002.pt").is_file() and "on 2 rank(s)" in (run / "log.txt").read_text()
