@@ -349,7 +349,7 @@ def main(argv=None):
         first = report.get("benchmark", {}).get("batch_size", args.start_batch) if compiled else args.start_batch
         last = first if compiled else args.max_batch
         try:
-            report[key] = benchmark(out_dir, args.smoke, compiled, first, last, peak, 300)
+            report[key] = benchmark(out_dir, args.smoke, compiled, first, last, peak, 180 if compiled else 240)
         except Exception as e:  # noqa: BLE001 - the check goes on: one broken step must not hide the others
             report["failures"][key] = f"{type(e).__name__}: {e}"
         report["seconds"][key] = time.perf_counter() - start
