@@ -1,7 +1,8 @@
 """
-Export the embedded moving-digits videos as files that the folder loader reads.
+Export the embedded videos (moving digits or moving textures) as files that the folder loader reads.
 
     python datasets/make_synthetic.py --out_dir data/digits --num_videos 1000 [--format npz|gif]
+    python datasets/make_synthetic.py --dataset textures --out_dir data/textures --num_videos 1000
 
 Video i is the same as the one the training script generates on the fly for that seed.
 """
@@ -13,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from video_diffusion.data import MovingDigits
+from video_diffusion.data import MovingDigits, MovingTextures
 
 
 def main(argv=None):
@@ -28,19 +29,24 @@ def main(argv=None):
                    help="file format: npz (exact uint8 frames) or gif (to look at); one per video, so that a "
                         "folder holds each video once (default: npz)")
     p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument("--dataset", default="digits", choices=("digits", "textures"), help="which embedded generator")
     args = p.parse_args(argv)
     if args.num_videos < 1:
         p.error(f"--num_videos must be >= 1, got {args.num_videos}")
-    data = MovingDigits(args.image_size, args.seq_len, args.channels, num_videos=args.num_videos, seed=args.seed)
+    kind = MovingTextures if args.dataset == "textures" else MovingDigits
+    try:
+        data = kind(args.image_size, args.seq_len, args.channels, num_videos=args.num_videos, seed=args.seed)
+    except ValueError as e:
+        p.error(str(e))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(args.num_videos), desc="videos"):
         video = data.frames(i)  # uint8 [T, H, W, C]
         if args.format == "npz":
-            np.savez(out / f"digits_{i:06d}.npz", video=video)
+            np.savez(out / f"{args.dataset}_{i:06d}.npz", video=video)
         else:
             frames = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in video]
-            frames[0].save(out / f"digits_{i:06d}.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+            frames[0].save(out / f"{args.dataset}_{i:06d}.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     print(f"wrote {args.num_videos} videos to {out}")
 
 

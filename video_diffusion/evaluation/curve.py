@@ -19,7 +19,7 @@ Per checkpoint (``measure_checkpoint``):
   one that treats each frame alone shows none.
 
 The references (``references``) are computed once per curve: both baselines per task, the
-perfect model (exact posterior samples, ``ceiling.py``), and the FVD of real clips against
+perfect model (exact posterior samples, ``perfect.py``), the object tracker, and the FVD of real clips against
 other real clips (what a perfect generator scores with this many clips).
 """
 

@@ -6,7 +6,7 @@ The claim under test: a model trained with random un-noised frames predicts and 
 videos consistent with the given frames, where the same network trained unconditionally
 and sampled with the given frames pasted in at every step (replacement), even with
 resampling, does not. Beside it: frame guidance, what the preset's recipe (the nearest
-given frame as input and the warp head) buys over the plain network, and, on the plain
+given frame as input) buys over the plain network, and, on the plain
 network, telling it which frames are given (the mask input).
 
 A *row* of the study is a trained model and a way of sampling it; a *cell* is a row on one
