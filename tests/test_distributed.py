@@ -86,7 +86,7 @@ def test_train_script_under_mpiexec(tmp_path):
 @pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not installed (pip install mpich mpi4py)")
 @pytest.mark.parametrize("preset, shrink", [("tiny", []), ("small", []),
                                             # bair64's network at a fraction of its width and window
-                                            ("bair64", ["--num_channels", "16", "--seq_len", "4"])])
+                                            ("bair64", ["--num_channels", "16", "--seq_len", "6"])])
 def test_every_preset_trains_on_two_ranks(tmp_path, preset, shrink):
     # DDP fails a step when a parameter gets no gradient: every parameter of each preset's network is used
     run = tmp_path / "run"
