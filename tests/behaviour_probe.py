@@ -8,6 +8,7 @@ into OUT. ``test_unchanged_behaviour.py`` runs it on the code before the restruc
 
     python tests/behaviour_probe.py ROOT OUT     # ROOT: the checkout whose scripts/ run
 
+It samples the raw weights: the EMA's warm-up (2026-12-05) changed the averages on purpose.
 Only the scripts' flags drive it: those are the surface that stays. The sample files hold
 uint8 videos, which would hide a change below a rounding step, so the probe also records the
 float videos the generation code converts to uint8 (``to_uint8``, which lives in
@@ -115,7 +116,7 @@ def main(root: Path, out: Path) -> None:
             floats.clear()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 sample.main(["--model_path", str(ckpt), "--out_dir", str(out / "samples" / model / job),
-                             "--num_samples", "3", "--batch_size", "2", "--seed", "7",
+                             "--num_samples", "3", "--batch_size", "2", "--seed", "7", "--use_ema", "false",
                              "--data_dir", str(out / "data" / "test")] + job_flags)
             np.savez(out / "samples" / model / job / "floats.npz", *floats)
     (out / "losses.json").write_text(json.dumps(summary))

@@ -117,13 +117,20 @@ def test_uneven_last_microbatch_is_weighted_correctly(tmp_path):
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
-def test_ema_follows_its_rate(tmp_path):
-    cfg = micro_config(tmp_path, ema_rate="0.9")
+def test_ema_warms_up_then_follows_its_rate(tmp_path):
+    # decay at step n: min(rate, (1 + n) / (10 + n)); 0.2 is reached at step 2 (3/12 > 0.2 > 2/11)
+    cfg = micro_config(tmp_path, ema_rate="0.2,0.9")
     loop = loop_for(cfg)
-    before = flat_params(loop.model).clone()
-    loop.run_step(next(loop.data))
-    after = flat_params(loop.model)
-    torch.testing.assert_close(flat_params(loop.ema.shadow[0.9]), 0.9 * before + 0.1 * after)
+    expected = {rate: flat_params(loop.model).clone() for rate in (0.2, 0.9)}
+    for n in range(3):
+        loop.run_step(next(loop.data))
+        weights = flat_params(loop.model)
+        for rate in expected:
+            decay = min(rate, (1 + n) / (10 + n))
+            expected[rate] = decay * expected[rate] + (1 - decay) * weights
+            torch.testing.assert_close(flat_params(loop.ema.shadow[rate]), expected[rate])
+    # the clamp: at step 2 the rate 0.2 holds, the warm-up (0.25) goes on for the rate 0.9
+    assert not torch.equal(expected[0.2], expected[0.9])
 
 
 def test_nan_step_is_skipped_and_logged(tmp_path):

@@ -62,8 +62,9 @@ def test_training_and_sampling_match_the_code_before_the_restructuring(tmp_path)
         for part in ("model",):
             assert a[part].keys() == b[part].keys()
             assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), f"{model}: {part} weights differ"
-        for rate in a["ema"]:
-            assert all(torch.equal(a["ema"][rate][k], b["ema"][rate][k]) for k in a["ema"][rate])
+        # the EMA averages changed on purpose (their warm-up, training/ema.py): not compared; the
+        # probe samples the raw weights
+        assert a["ema"].keys() == b["ema"].keys()
 
     files_old = sorted(p.relative_to(old) for p in old.glob("samples/**/*.npz"))
     files_new = sorted(p.relative_to(new) for p in new.glob("samples/**/*.npz"))

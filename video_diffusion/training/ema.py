@@ -3,6 +3,14 @@ Exponential moving averages of a network's weights, at one or more decay rates.
 
 The averages are what sampling uses. They live on the training device and are updated
 in place after every optimizer step; a skipped (non-finite) step leaves them as they are.
+
+Each rate is warmed up: at training step n (counted from 0, skipped steps included, so a resumed
+run continues exactly) the decay is min(rate, (1 + n) / (10 + n)), so
+the average spans about the last n / 9 steps until it reaches the rate's own horizon. Without
+it a short run's average still holds a share rate^n of the initial weights (0.99^250 = 8% after
+the tiny preset's 250 steps), and the zero-initialised output layer's share pulls every
+predicted pixel towards mid-grey: the tiny preset's black background came out about 10 grey
+levels bright, which alone took its SSIM below a black frame's (docs/research_log.md).
 """
 
 from typing import Dict, Iterable, List
@@ -26,11 +34,13 @@ class EMA:
                                                         for r in self.rates}
 
     @torch.no_grad()
-    def update(self, applied: torch.Tensor) -> None:
+    def update(self, applied: torch.Tensor, step: int) -> None:
         """Move every average towards the current weights; ``applied`` (a 0-d bool tensor) False = no change.
-        It stays on the device, so a skipped step costs no host sync."""
+        It stays on the device, so a skipped step costs no host sync. ``step``: the training step
+        that was just taken (0 for the first), which sets the warm-up."""
+        warmup = (1.0 + step) / (10.0 + step)
         for rate, shadow in self.shadow.items():
-            torch._foreach_lerp_(shadow, self.params, applied.float() * (1.0 - rate))
+            torch._foreach_lerp_(shadow, self.params, applied.float() * (1.0 - min(rate, warmup)))
 
     def weights(self, rate: float, device="cpu") -> Dict[str, torch.Tensor]:
         """A full state dict of the network (buffers included) with the averaged weights of ``rate``."""

@@ -220,7 +220,7 @@ class TrainLoop:
         # so every rank reaches the same verdict; it stays on the device (no host sync).
         applied = torch.isfinite(grad_norm) & stats.finite()
         self._optimizer_step(applied)
-        self.ema.update(applied)
+        self.ema.update(applied, self.step)
         self.window.record(stats, grad_norm, applied)
         self._lagged_stop_vote, self._stop_vote = self._stop_vote, stats["stop"]
         self.step += 1
