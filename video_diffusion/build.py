@@ -33,7 +33,7 @@ def create_model(cfg: Config) -> UNet3D:
         mask_input=m.mask_input,
         conv_type=m.conv_type,
         patch_size=m.patch_size,
-        given_frame_input=m.given_frame_input,
+        given_frame_input=m.given_frame_input, given_frame_skip=m.given_frame_skip,
         norm=m.norm,
         attention_position=m.attention_position,
         num_classes=m.num_classes or None,

@@ -47,6 +47,9 @@ class ModelConfig:
     mask_input: bool = _f(True, "tell the network which frames are observed (False = RaMViD's unaware network)")
     given_frame_input: bool = _f(False, "also give every frame the nearest given frame as input channels "
                                         "(content to carry forward is at hand locally); needs --mask_input")
+    given_frame_skip: bool = _f(False, "add the nearest given frame to the network's x_0 output (the network "
+                                       "learns the change from it; an untrained network copies the given frames "
+                                       "on); needs --given_frame_input and --predict_xstart")
     norm: str = _f("group", "normalisation: 'group' (GroupNorm over the video) or 'channel' (across channels at "
                    "each pixel, which keeps a digit's colour)", choices=("group", "channel"))
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
@@ -229,6 +232,9 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError("--predict_xstart and --predict_v are exclusive: pick one parameterisation")
     if d.sigma_data < 0:
         raise ValueError(f"--sigma_data must be >= 0 (0 = off), got {d.sigma_data}")
+    if m.given_frame_skip and not (m.given_frame_input and d.predict_xstart and d.sigma_data == 0):
+        raise ValueError("--given_frame_skip needs --given_frame_input true and --predict_xstart true without "
+                         "--sigma_data: the nearest given frame is added to an x_0 output")
     if d.sigma_data > 0 and not d.predict_xstart:
         raise ValueError("--sigma_data needs --predict_xstart: the skip is written on the x_0 prediction")
     if d.min_snr_gamma < 0:

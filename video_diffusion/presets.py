@@ -19,9 +19,10 @@ _CPU_RECIPE = dict(image_size=32, seq_len=8, patch_size=2, num_res_blocks=1, cha
                    sample_cond_frames=2)
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # The first run: 250 steps (2,000 videos), checkpoints every 50 steps, all kept (a learning
-    # curve, docs/curves/tiny), previews every 125.
-    "tiny": dict(_CPU_RECIPE, num_channels=32, ema_rate="0.99", max_steps=250, log_interval=25,
+    # The first run: 250 steps (2,000 videos), the lr decaying linearly to 0 at the last step
+    # (2 -> 6 SSIM 0.462 against 0.429 at a constant lr), checkpoints every 50 steps, all kept
+    # (a learning curve, docs/curves/tiny), previews every 125.
+    "tiny": dict(_CPU_RECIPE, num_channels=32, ema_rate="0.99", max_steps=250, lr_anneal_steps=250, log_interval=25,
                  save_interval=50, sample_interval=125, keep_checkpoints=5),
     # The longer CPU run: about 50 minutes on 2 cores (24,000 videos), a wider network and a
     # decaying lr; a checkpoint every 500 steps, all kept (docs/curves/small).

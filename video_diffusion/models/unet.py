@@ -34,6 +34,11 @@ class UNet3D(nn.Module):
         input channels, and its signed distance in time to it as one more, so the content
         to carry forward (a digit's shape and colour, a robot's arm) is at hand locally
         instead of frames away, with how far it has to travel; needs ``mask_input``.
+    :param given_frame_skip: if True, the nearest given frame is added to the output's first
+        ``in_channels`` channels, so an x_0 output is the given content plus the network's
+        change to it (a residual over copying, as residual video diffusion models predict
+        the correction to a deterministic guess); the untrained network copies the given
+        frames on. A video with no given frame adds zeros. Needs ``given_frame_input``.
     :param patch_size: p > 1 folds each p x p patch of a frame into channels before the
         first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
         the network runs at 1/p of the resolution, about p^2 times cheaper per video.
@@ -49,7 +54,8 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1, given_frame_input: bool = False, norm: str = "group",
+                 patch_size: int = 1, given_frame_input: bool = False, given_frame_skip: bool = False,
+                 norm: str = "group",
                  attention_position: str = "none"):
         super().__init__()
         if norm not in NORMS:
@@ -57,6 +63,9 @@ class UNet3D(nn.Module):
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
         self.given_frame_input = given_frame_input
+        if given_frame_skip and not given_frame_input:
+            raise ValueError("given_frame_skip needs given_frame_input")
+        self.given_frame_skip = given_frame_skip
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         self.patch_size = patch_size
@@ -134,7 +143,7 @@ class UNet3D(nn.Module):
             emb = emb + self.label_emb(y)
         if self.mask_input and obs_mask is None:
             raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
-        offset = None
+        offset = given = None
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)
             x = torch.cat([x, given], dim=1)
@@ -153,4 +162,8 @@ class UNet3D(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return unpatchify(self.out(h), self.patch_size)
+        out = unpatchify(self.out(h), self.patch_size)
+        if self.given_frame_skip:
+            c = self.in_channels
+            out = torch.cat([out[:, :c] + given.to(out.dtype), out[:, c:]], dim=1)
+        return out
