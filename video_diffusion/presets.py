@@ -24,7 +24,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # (a learning curve, docs/curves/tiny), previews every 125.
     "tiny": dict(_CPU_RECIPE, num_channels=32, ema_rate="0.99", max_steps=250, lr_anneal_steps=250, log_interval=25,
                  save_interval=50, sample_interval=125, keep_checkpoints=5),
-    # The longer CPU run: about 50 minutes on 2 cores (24,000 videos), a wider network and a
+    # The longer CPU run (24,000 videos: over an hour on 2 cores without AVX-512; its budget is
+    # still to be set by measurement, docs/results.md), a wider network and a
     # decaying lr; a checkpoint every 500 steps, all kept (docs/curves/small).
     "small": dict(_CPU_RECIPE, num_channels=48, ema_rate="0.999", max_steps=3000, lr_anneal_steps=3000,
                   log_interval=100, save_interval=500, sample_interval=1000, keep_checkpoints=6),
