@@ -23,8 +23,9 @@ def test_tiny_preset_predictions_beat_copying_the_last_frame(tmp_path):
     """
     The plain network of the tiny preset, after 200 steps, has learned the data's look: its
     predictions' PSNR (from the mean squared error over all generated frames) is above copying
-    the last given frame. At this budget it is not yet above a black frame's SSIM: it draws the
-    digits' colour and place but not their shape (docs/results.md), so SSIM is not asserted.
+    the last given frame. At this budget it is not yet above a black frame's SSIM: it draws a
+    grey blob where each digit is, without colour or shape (docs/results.md), so SSIM is not
+    asserted.
     """
     env = {**script_env(), "OMP_NUM_THREADS": "2"}
     train = subprocess.run([sys.executable, str(REPO / "scripts" / "video_train.py"), "--preset", "tiny",
