@@ -22,8 +22,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # The first run: 250 steps (2,000 videos), the lr decaying linearly to 0 at the last step
     # (2 -> 6 SSIM 0.462 against 0.429 at a constant lr), checkpoints every 50 steps, all kept
     # (a learning curve, docs/curves/tiny), previews every 125.
-    "tiny": dict(_CPU_RECIPE, num_channels=32, ema_rate="0.99", max_steps=250, lr_anneal_steps=250, log_interval=25,
-                 save_interval=50, sample_interval=125, keep_checkpoints=5),
+    "tiny": dict(_CPU_RECIPE, num_channels=32, ema_rate="0.99", max_steps=250, lr_anneal_steps=250,
+                 log_interval=25, save_interval=50, sample_interval=125, keep_checkpoints=5),
     # The longer CPU run (24,000 videos: over an hour on 2 cores without AVX-512; its budget is
     # still to be set by measurement, docs/results.md), a wider network and a
     # decaying lr; a checkpoint every 500 steps, all kept (docs/curves/small).

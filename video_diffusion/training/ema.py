@@ -9,7 +9,7 @@ run continues exactly) the decay is min(rate, (1 + n) / (10 + n)), so
 the average spans about the last n / 9 steps until it reaches the rate's own horizon. Without
 it a short run's average still holds a share rate^n of the initial weights (0.99^250 = 8% after
 the tiny preset's 250 steps), and the zero-initialised output layer's share pulls every
-predicted pixel towards mid-grey: the tiny preset's black background came out about 10 grey
+predicted pixel towards mid-grey: the tiny preset's black background came out about 6 grey
 levels bright, which alone took its SSIM below a black frame's (docs/research_log.md).
 """
 
