@@ -18,6 +18,11 @@ largest batch that fits (doubling from --batch_size until out of memory, one ste
 benchmarks that. Sampling: seconds per video for
 --sampling_batch videos predicted from one frame with --sampler and --sampling_steps network
 evaluations, through the generation code of video_sample.py, in the run's --precision.
+
+--profile adds where the step's time and memory go: the activation memory one more video
+keeps, counted by layer kind on fake tensors (training/profiling.py; a count of what autograd
+saves, beside the measured peak), and the top operators by self time over one profiled step
+(torch.profiler; on a GPU the CUDA kernel time).
 """
 
 import argparse
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from video_diffusion import distributed
@@ -40,6 +46,7 @@ from video_diffusion.sampling.generate import generate
 from video_diffusion.sampling.options import SampleOptions
 from video_diffusion.sampling.plan import resolve_plan
 from video_diffusion.sampling.samplers import SAMPLERS
+from video_diffusion.training.profiling import activation_bytes_per_video
 from video_diffusion.training.setup import build_train_loop
 
 
@@ -80,11 +87,50 @@ def count_flops(loop, batch) -> float:
     t = torch.full((1,), loop.diffusion.num_timesteps // 2, device=x.device, dtype=torch.long)
     mask = torch.zeros(1, x.shape[2], device=x.device)
     mask[:, 0] = 1
-    with FlopCounterMode(display=False) as counter, torch.autocast(**loop.autocast):
+    # attention through the math kernel: the counter has no formula for CPU's flash kernel (it would
+    # count 0), and the math kernel's matrix products count the same FLOPs as the GPU's fused kernels
+    with FlopCounterMode(display=False) as counter, torch.autocast(**loop.autocast), sdpa_kernel(SDPBackend.MATH):
         loss = loop.diffusion.training_losses(loop.model, x, t, obs_mask=mask)["loss"].mean()
         loss.backward()
     loop.opt.zero_grad(set_to_none=True)
     return counter.get_total_flops() * batch["video"].shape[0]
+
+
+def profile_step(loop, batch, rows: int = 12):
+    """
+    Where one training step's time and activation memory go. :return: {"activation_mb_per_video":
+    {layer kind: MB}, "top_ops": [{name, self_ms, calls, share}]}, the ops by self time (CUDA time on a
+    GPU, CPU time otherwise) over one step run under torch.profiler after the timed ones.
+    """
+    model = loop.model
+    cfg = loop.cfg
+    shape = (batch["video"].shape[1],) + tuple(batch["video"].shape[3:])
+    per_video = activation_bytes_per_video(model, shape, cfg.model.seq_len, loop.autocast)
+    device = loop.ctx.device
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        loop.run_step(batch)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: -getattr(e, key))
+    top = [{"name": e.key, "self_ms": getattr(e, key) / 1e3, "calls": e.count, "share": getattr(e, key) / total}
+           for e in events[:rows]]
+    return {"activation_mb_per_video": {k: v / 2 ** 20 for k, v in per_video.items()}, "top_ops": top,
+            "time_source": "CUDA kernels" if device.type == "cuda" else "CPU"}
+
+
+def format_profile(prof: dict) -> str:
+    mem = prof["activation_mb_per_video"]
+    total = sum(mem.values())
+    lines = [f"activation memory one more video keeps (counted): {total:.0f} MB"]
+    lines += [f"  {k:<44} {v:9.1f} MB  {v / total:6.1%}" for k, v in mem.items() if v >= 0.001 * total]
+    lines.append(f"top operators by self {prof['time_source']} time, one step:")
+    lines += [f"  {r['name'][:44]:<44} {r['self_ms']:9.1f} ms  {r['share']:6.1%}  x{r['calls']}" for r in prof["top_ops"]]
+    return "\n".join(lines)
 
 
 def probe_batch(cfg, ctx, largest: int):
@@ -129,6 +175,8 @@ def main(argv=None):
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU, e.g. 989 (H100 bf16 dense)")
     p.add_argument("--probe_batch", type=int, default=0, metavar="MAX",
                    help="find the largest batch that fits, doubling from --batch_size up to MAX (0 = off)")
+    p.add_argument("--profile", action="store_true",
+                   help="also count activation memory by layer kind and list the top operators by time")
     p.add_argument("--smoke", action="store_true", help="1 warm-up, 2 timed steps, 2 sampling steps (for CI)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
@@ -171,6 +219,7 @@ def main(argv=None):
     s_per_step = statistics.median(times)
     train_peak = peak_memory_mb(device)
     per_video = (train_peak - half_peak) / (cfg.train.batch_size - half) if cfg.train.batch_size > half else None
+    profile = profile_step(loop, batch) if args.profile else None
 
     # sampling: 1 -> seq_len - 1 prediction through the generation path of video_sample.py
     # (one rank's share of --sampling_batch videos), in the run's --precision
@@ -196,6 +245,7 @@ def main(argv=None):
         "train_mem_per_video_mb": per_video,
         "batch_size": cfg.train.batch_size,
         "batch_probe": probed,
+        "profile": profile,
         "sample_s_per_video": sample_s_per_video,
         "flops_per_step": flops_per_step,
         "achieved_tflops": achieved_tflops,
@@ -219,6 +269,8 @@ def main(argv=None):
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    if profile:
+        print(format_profile(profile))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     distributed.cleanup(ctx)

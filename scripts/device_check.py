@@ -97,7 +97,7 @@ def benchmark(out_dir: Path, smoke: bool, compiled: bool, start_batch: int, max_
         cmd += (["--preset", "tiny", "--smoke", "--batch_size", "2"] if smoke else
                 ["--preset", "bair64", "--precision", "bf16", "--sampling_batch", "16", "--steps", "8",
                  "--warmup", "4" if compiled else "2", "--batch_size", str(start_batch),
-                 "--probe_batch", str(max_batch)])
+                 "--probe_batch", str(max_batch)] + ([] if compiled else ["--profile"]))
         if peak:
             cmd += ["--peak_tflops", str(peak)]
         code, out = run(cmd, out_dir / "benchmark.txt", timeout)
@@ -108,7 +108,7 @@ def benchmark(out_dir: Path, smoke: bool, compiled: bool, start_batch: int, max_
             "achieved_tflops": r["achieved_tflops"], "mfu": r["mfu"], "peak_mem_gb": r["train_peak_mem_mb"] / 1024,
             "mem_per_video_gb": (r["train_mem_per_video_mb"] or 0) / 1024, "batch_probe": r["batch_probe"],
             "sample_s_per_video": r["sample_s_per_video"], "sampler": r["benchmark"]["sampler"],
-            "sample_batch": r["benchmark"]["sample_batch"]}
+            "sample_batch": r["benchmark"]["sample_batch"], "profile": r.get("profile")}
 
 
 def parse_variants(text: str) -> dict:

@@ -28,6 +28,7 @@ def test_device_check_smoke_writes_its_figures_and_pictures(tmp_path):
         assert "needs a CUDA GPU" in (out / "cuda_tests.txt").read_text()
     bench = report["benchmark"]
     assert bench["videos_per_s"] > 0 and bench["sample_s_per_video"] > 0 and bench["batch_size"] == 2
+    assert bench["profile"]["top_ops"] and bench["profile"]["activation_mb_per_video"]  # where time and memory go
     q = report["quality"]["variants"]["plain"]
     assert q["steps"] == 3 and q["dataset"] == "digits" and set(q["tasks"]) == {"pred2", "infill"}
     for row in q["tasks"].values():
@@ -100,5 +101,5 @@ def test_flops_counted_on_one_video_outside_compile_equal_the_whole_batchs(tmp_p
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         loop.diffusion.training_losses(loop.model, x, t, obs_mask=mask)["loss"].mean().backward()
     loop.opt.zero_grad()
-    with sdpa_kernel(SDPBackend.MATH):
-        assert bench["count_flops"](loop, batch) == counter.get_total_flops() > 1e10
+    # under any attention backend (CPU's flash kernel, which the counter cannot see, is the default here)
+    assert bench["count_flops"](loop, batch) == counter.get_total_flops() > 1e10

@@ -83,7 +83,8 @@ def test_benchmark_smoke_mode_reports_every_figure(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--smoke", "--peak_tflops", "0.5",
            "--json", str(out), "--log_dir", str(tmp_path / "run"), "--image_size", "16", "--seq_len", "4",
            "--num_channels", "8", "--num_res_blocks", "1", "--channel_mult", "1,2", "--attention_resolutions", "8",
-           "--num_heads", "2", "--max_num_mask_frames", "2", "--diffusion_steps", "100", "--batch_size", "2"]
+           "--num_heads", "2", "--max_num_mask_frames", "2", "--diffusion_steps", "100", "--batch_size", "2",
+           "--profile"]
     proc = subprocess.run(cmd, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
@@ -96,3 +97,9 @@ def test_benchmark_smoke_mode_reports_every_figure(tmp_path):
     assert 10 < r["train_peak_mem_mb"] < 24 * 1024
     assert r["config"]["model"]["num_channels"] == 8
     assert "train s/step" in proc.stdout and "MFU" in proc.stdout
+    # --profile: activation memory by layer kind, and the operators that took the step's time
+    prof = r["profile"]
+    assert sum(prof["activation_mb_per_video"].values()) > 0.01 and "ResBlock/Conv3d (float32)" in prof["activation_mb_per_video"]
+    assert len(prof["top_ops"]) >= 5 and all(op["self_ms"] > 0 for op in prof["top_ops"])
+    assert any("conv" in op["name"] for op in prof["top_ops"])
+    assert "top operators by self CPU time" in proc.stdout

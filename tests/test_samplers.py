@@ -52,6 +52,18 @@ def test_the_given_frames_reach_the_network_at_every_step(sampler, grid):
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m"])
+def test_one_network_evaluation_returns_the_denoisers_answer(sampler):
+    # a one-step process has no t = 1 to clip the posterior variance to (it used to fail building)
+    cfg = micro_config(predict_xstart=True, diffusion_steps=100, timestep_respacing=respacing_for(sampler, 1))
+    diffusion = create_diffusion(cfg)
+    assert diffusion.num_timesteps == 1 and np.isfinite(diffusion.posterior_log_variance_clipped).all()
+    x_known = torch.rand(SHAPE) * 1.6 - 0.8
+    out = sample(diffusion, GivenFrameOracle(), SHAPE, gens(2), obs_mask=prediction_mask(2, 6, 1), x_known=x_known,
+                 sampler=sampler)
+    torch.testing.assert_close(out, x_known[:, :, :1].expand_as(out), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_the_network_receives_the_given_data_at_every_call(sampler):
     cfg = micro_config(diffusion_steps=100, timestep_respacing=respacing_for(sampler, 6))

@@ -121,8 +121,11 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # The posterior variance is 0 at t = 0; its log is clipped to the value at t = 1.
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        # The posterior variance is 0 at t = 0; its log is clipped to the value at t = 1. A one-step
+        # process (a sampler asked for one network evaluation) has no t = 1, and its t = 0 step adds no
+        # noise: its beta stands in, only so that the log is finite.
+        self._first_variance = self.posterior_variance[1] if len(betas) > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(self._first_variance, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         sigma2 = (1.0 - self.alphas_cumprod) / self.alphas_cumprod  # EDM's sigma^2 of each step
@@ -279,7 +282,7 @@ class GaussianDiffusion:
     def large_variance(self):
         # beta_t, with the first entry replaced by the posterior variance so that the
         # decoder's log-likelihood at t = 0 stays finite (as improved-diffusion does).
-        return np.append(self.posterior_variance[1], self.betas[1:])
+        return np.append(self._first_variance, self.betas[1:])
 
     @property
     def log_large_variance(self):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
-from .nn import normalization, zero_module
+from .nn import norm_act, normalization, zero_module
 
 ATTENTION_TYPES = ("factorized", "full")
 CONV_TYPES = ("3d", "2+1d")
@@ -148,14 +148,16 @@ class ResBlock(TimestepBlock):
         return self._forward(x, emb)
 
     def _forward(self, x, emb):
-        h = self.in_layers(x)
+        # in_layers = (norm, SiLU, conv) and out_layers = (SiLU, dropout, conv) are applied by hand so
+        # that each norm -> (FiLM) -> SiLU chain keeps only its input for backward (``nn.norm_act``)
+        h = self.in_layers[2](norm_act(self.in_layers[0], x))
         emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
-            h = self.out_norm(h) * (1 + scale) + shift
+            h = norm_act(self.out_norm, h, scale, shift)
         else:
-            h = self.out_norm(h + emb_out)
-        return self.skip(x) + self.out_layers(h)
+            h = norm_act(self.out_norm, h + emb_out)
+        return self.skip(x) + self.out_layers[2](self.out_layers[1](h))
 
 
 POSITIONS = ("none", "rope")
@@ -232,13 +234,17 @@ class AttentionBlock(nn.Module):
     def _forward(self, x):
         n, c, t, h, w = x.shape
         heads, dh = self.num_heads, c // self.num_heads
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, heads, dh, t, h, w)
+        qkv = self.qkv(norm_act(self.norm, x, act=False)).reshape(n, 3, heads, dh, t, h, w)
         if self.axes == "space":  # tokens: h*w, batch: n*t
             qkv = qkv.permute(1, 0, 4, 2, 5, 6, 3).reshape(3, n * t, heads, h * w, dh)
         elif self.axes == "time":  # tokens: t, batch: n*h*w
             qkv = qkv.permute(1, 0, 5, 6, 2, 4, 3).reshape(3, n * h * w, heads, t, dh)
         else:  # tokens: t*h*w, batch: n
             qkv = qkv.permute(1, 0, 2, 4, 5, 6, 3).reshape(3, n, heads, t * h * w, dh)
+        # the fused kernels (flash, memory-efficient; CPU's flash) need each head's channels adjacent in
+        # memory; otherwise SDPA falls back to the math path, which keeps every L x L score matrix in
+        # float32 for backward. In channels_last_3d this is already so (no copy); else one copy.
+        qkv = qkv.contiguous()
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.position == "rope":
             sizes = {"space": (h, w), "time": (t,), "spacetime": (t, h, w)}[self.axes]

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
                      conv3d, nearest_given_frames, patchify, unpatchify)
-from .nn import NORMS, normalization, timestep_embedding, zero_module
+from .nn import NORMS, norm_act, normalization, timestep_embedding, zero_module
 
 
 class UNet3D(nn.Module):
@@ -162,7 +162,7 @@ class UNet3D(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        out = unpatchify(self.out(h), self.patch_size)
+        out = unpatchify(self.out[2](norm_act(self.out[0], h)), self.patch_size)
         if self.given_frame_skip:
             c = self.in_channels
             out = torch.cat([out[:, :c] + given.to(out.dtype), out[:, c:]], dim=1)
