@@ -21,6 +21,29 @@ def test_schedules_are_valid_and_monotone(schedule):
     assert abar[0] > 0.99 and abar[-1] < 1e-3
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("shift", [0.5, 2.0, 4.0])
+def test_a_shifted_schedule_lowers_every_steps_log_snr_by_2_log_shift(schedule, shift):
+    def logsnr(betas):
+        abar = np.cumprod(1 - betas)
+        return np.log(abar / (1 - abar))
+
+    base, shifted = get_named_beta_schedule(schedule, 1000), get_named_beta_schedule(schedule, 1000, shift)
+    assert (shifted > 0).all() and (shifted <= 0.999).all() and (np.diff(np.cumprod(1 - shifted)) < 0).all()
+    # the cosine schedule's last betas are clipped at 0.999 in both, so compare before the clip bites
+    live = (base < 0.999) & (shifted < 0.999)
+    live[np.argmin(live) if not live.all() else len(live):] = False
+    assert live.sum() > 900
+    np.testing.assert_allclose((logsnr(base) - logsnr(shifted))[live], 2 * np.log(shift), rtol=0, atol=1e-6)
+    assert np.array_equal(get_named_beta_schedule(schedule, 1000, 1.0), base)
+
+
+def test_schedule_shift_must_be_positive_and_names_its_flag():
+    from video_diffusion.config import Config, apply_overrides, validate
+    with pytest.raises(ValueError, match="--schedule_shift"):
+        validate(apply_overrides(Config(), {"schedule_shift": 0.0}))
+
+
 def test_degenerate_linear_schedule_is_an_error():
     # the scaled linear schedule reaches beta = 1 (alpha_bar = 0) at 20 steps
     with pytest.raises(ValueError, match="--diffusion_steps"):
@@ -149,3 +172,20 @@ def test_respaced_process_equals_base_at_kept_timesteps():
 
     spaced.training_losses(model, x0, idx)
     assert seen["t"].tolist() == [kept[i] for i in idx.tolist()]
+
+
+def test_a_shifted_schedule_trains_and_its_checkpoint_samples_on_the_same_schedule(tmp_path):
+    from conftest import loop_for, micro_config
+    from video_diffusion.build import create_diffusion
+    from video_diffusion.checkpoints import find_latest
+    from video_diffusion.sampling.loading import load_for_sampling
+
+    cfg = micro_config(tmp_path, schedule_shift=3.0, max_steps=2, save_interval=2)
+    loop = loop_for(cfg)
+    loop.run()
+    stored, _, _ = load_for_sampling(find_latest(cfg.train.log_dir))
+    expected = np.cumprod(1 - get_named_beta_schedule(cfg.diffusion.noise_schedule, cfg.diffusion.diffusion_steps, 3.0))
+    np.testing.assert_array_equal(loop.diffusion.alphas_cumprod, expected)
+    np.testing.assert_array_equal(create_diffusion(stored).alphas_cumprod, expected)
+    assert not np.allclose(expected, np.cumprod(1 - get_named_beta_schedule(cfg.diffusion.noise_schedule,
+                                                                             cfg.diffusion.diffusion_steps)))

@@ -56,7 +56,8 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None, timesteps=None
         var_type = ModelVarType.LEARNED_RANGE
     else:
         var_type = ModelVarType.FIXED_SMALL if d.sigma_small else ModelVarType.FIXED_LARGE
-    kwargs = dict(betas=get_named_beta_schedule(d.noise_schedule, d.diffusion_steps), model_mean_type=mean_type,
+    kwargs = dict(betas=get_named_beta_schedule(d.noise_schedule, d.diffusion_steps, d.schedule_shift),
+                  model_mean_type=mean_type,
                   model_var_type=var_type,
                   loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
                   min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data)

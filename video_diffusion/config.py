@@ -59,6 +59,8 @@ class ModelConfig:
 class DiffusionConfig:
     diffusion_steps: int = _f(1000, "number of diffusion timesteps T")
     noise_schedule: str = _f("linear", "beta schedule", choices=("linear", "cosine"))
+    schedule_shift: float = _f(1.0, "divide the schedule's signal-to-noise ratio at every step by this squared: "
+                                     "> 1 puts more steps, and more training draws of t, at high noise")
     timestep_respacing: str = _f("", "train/sample on a subset of steps: 'ddim50' or counts '250' / '10,20'")
     predict_xstart: bool = _f(False, "the network predicts x_0 instead of the noise")
     predict_v: bool = _f(False, "the network predicts v = sqrt(abar) eps - sqrt(1-abar) x_0")
@@ -239,6 +241,8 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError("--sigma_data needs --predict_xstart: the skip is written on the x_0 prediction")
     if d.min_snr_gamma < 0:
         raise ValueError(f"--min_snr_gamma must be >= 0 (0 = off), got {d.min_snr_gamma}")
+    if not d.schedule_shift > 0:
+        raise ValueError(f"--schedule_shift must be > 0 (1 = the schedule as named), got {d.schedule_shift}")
     from .diffusion.gaussian_diffusion import get_named_beta_schedule
     if get_named_beta_schedule(d.noise_schedule, d.diffusion_steps).max() >= 1:
         raise ValueError(f"--diffusion_steps {d.diffusion_steps} is too few for the {d.noise_schedule} schedule "
@@ -248,7 +252,8 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
 
         from .diffusion.respace import space_timesteps
         space_timesteps(d.diffusion_steps, d.timestep_respacing,
-                        np.cumprod(1.0 - get_named_beta_schedule(d.noise_schedule, d.diffusion_steps)))
+                        np.cumprod(1.0 - get_named_beta_schedule(d.noise_schedule, d.diffusion_steps,
+                                                                 d.schedule_shift)))
 
 
 def _check_training(m: ModelConfig, mk: MaskConfig, t: TrainConfig) -> None:

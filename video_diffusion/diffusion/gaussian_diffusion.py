@@ -37,24 +37,47 @@ class LossType(enum.Enum):
     RESCALED_MSE = "rescaled_mse"  # MSE, plus the VB term rescaled to the MSE's magnitude
 
 
-def get_named_beta_schedule(name: str, num_diffusion_timesteps: int) -> np.ndarray:
+def get_named_beta_schedule(name: str, num_diffusion_timesteps: int, shift: float = 1.0) -> np.ndarray:
     """
     Betas of a named noise schedule.
 
     :param name: "linear" (DDPM's, scaled so that any step count spans the same range) or
         "cosine" (Nichol & Dhariwal 2021).
     :param num_diffusion_timesteps: the number of steps T.
+    :param shift: s > 0 divides the signal-to-noise ratio of every step by s^2 (lowers its
+        log-SNR by 2 log s), so s > 1 spends more of the steps, and of the training draws of t,
+        at high noise, where a video's content is decided (Chen 2023; Hoogeboom et al. 2023,
+        "simple diffusion", who shift by the ratio of resolutions). 1 leaves the schedule as is.
     :return: a float64 array of T betas.
     """
     if name == "linear":
         scale = 1000 / num_diffusion_timesteps
-        return np.linspace(scale * 1e-4, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
-    if name == "cosine":
+        betas = np.linspace(scale * 1e-4, scale * 0.02, num_diffusion_timesteps, dtype=np.float64)
+    elif name == "cosine":
         def alpha_bar(s):
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        return np.array([min(1 - alpha_bar((i + 1) / num_diffusion_timesteps) / alpha_bar(i / num_diffusion_timesteps),
-                             0.999) for i in range(num_diffusion_timesteps)], dtype=np.float64)
-    raise ValueError(f"--noise_schedule must be 'linear' or 'cosine', got {name!r}")
+        betas = np.array([min(1 - alpha_bar((i + 1) / num_diffusion_timesteps) / alpha_bar(i / num_diffusion_timesteps),
+                              0.999) for i in range(num_diffusion_timesteps)], dtype=np.float64)
+    else:
+        raise ValueError(f"--noise_schedule must be 'linear' or 'cosine', got {name!r}")
+    return betas if shift == 1.0 else shift_beta_schedule(betas, shift)
+
+
+def shift_beta_schedule(betas: np.ndarray, shift: float) -> np.ndarray:
+    """
+    The schedule whose cumulative signal fraction abar' has SNR'(t) = SNR(t) / shift^2, where
+    SNR = abar / (1 - abar), as betas.
+
+    :param betas: a schedule's T betas.
+    :param shift: s > 0.
+    :return: T betas, each at most 0.999 (as the cosine schedule's).
+    """
+    if not shift > 0:
+        raise ValueError(f"--schedule_shift must be > 0, got {shift}")
+    abar = np.cumprod(1.0 - betas)
+    snr = abar / (1.0 - abar) / shift ** 2
+    shifted = snr / (1.0 + snr)
+    return np.minimum(1.0 - shifted / np.concatenate([[1.0], shifted[:-1]]), 0.999)
 
 
 def frames_to_elements(obs_mask: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,8 @@ def norm_act(norm: nn.Module, x: torch.Tensor, scale: Optional[torch.Tensor] = N
     ``x`` on top of the 2 of the result the next convolution keeps, over half of a bair64 training
     step's activation memory (docs/performance.md). The chain is element-wise and cheap, so during
     backward it is recomputed from ``x``, which the caller keeps anyway (it is the residual stream or
-    a convolution's output). Outside training (no grad) it runs directly.
+    a convolution's output). In float32 there are no wider copies to save and the recomputation
+    would cost about 10% of a CPU step (`tiny`), so there, and outside training, it runs directly.
 
     :param norm: a ``normalization`` module.
     :param x: [N, C, ...] activations.
@@ -86,10 +87,23 @@ def norm_act(norm: nn.Module, x: torch.Tensor, scale: Optional[torch.Tensor] = N
     :param shift: as ``scale``; given together with it.
     :param act: apply SiLU last.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in norm.parameters())):
+    if (torch.is_grad_enabled() and _low_precision(x)
+            and (x.requires_grad or any(p.requires_grad for p in norm.parameters()))):
         # no randomness inside, so no RNG state to stash and restore
         return checkpoint(_norm_act, norm, x, scale, shift, act, use_reentrant=False, preserve_rng_state=False)
     return _norm_act(norm, x, scale, shift, act)
+
+
+def _low_precision(x: torch.Tensor) -> bool:
+    """Whether ``x`` is, or autocast will compute on it in, a 16-bit float type."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return True
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: one function per device type
+        if x.device.type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return x.device.type == "cuda" and torch.is_autocast_enabled()
 
 
 def zero_module(module: nn.Module) -> nn.Module:

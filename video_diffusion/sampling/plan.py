@@ -114,7 +114,8 @@ def kept_timesteps(opts: SampleOptions, cfg: Config) -> Optional[set]:
     steps = spec.steps_for(evaluations) if evaluations else num_timesteps
     grid = grid_of(opts)
     if grid != "uniform":
-        abar = np.cumprod(1.0 - get_named_beta_schedule(cfg.diffusion.noise_schedule, num_timesteps))
+        abar = np.cumprod(1.0 - get_named_beta_schedule(cfg.diffusion.noise_schedule, num_timesteps,
+                                                        cfg.diffusion.schedule_shift))
         return (karras_timesteps if grid == "karras" else logsnr_timesteps)(abar, min(steps, num_timesteps))
     if steps >= num_timesteps:
         return None
