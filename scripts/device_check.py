@@ -94,7 +94,8 @@ def benchmark(out_dir: Path, smoke: bool, compiled: bool, start_batch: int, max_
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         cmd = [sys.executable, "scripts/benchmark.py", "--json", f.name, "--compile", str(compiled).lower(),
                "--log_dir", tempfile.mkdtemp()]
-        cmd += (["--preset", "tiny", "--smoke", "--batch_size", "2"] if smoke else
+        # --profile in the smoke run too: the CPU suite checks that the figures it adds exist
+        cmd += (["--preset", "tiny", "--smoke", "--batch_size", "2", "--profile"] if smoke else
                 ["--preset", "bair64", "--precision", "bf16", "--sampling_batch", "16", "--steps", "8",
                  "--warmup", "4" if compiled else "2", "--batch_size", str(start_batch),
                  "--probe_batch", str(max_batch)] + ([] if compiled else ["--profile"]))
