@@ -35,6 +35,7 @@ def create_model(cfg: Config) -> UNet3D:
         patch_size=m.patch_size,
         given_frame_input=m.given_frame_input,
         given_frame_skip=m.given_frame_skip,
+        frame_levels=m.frame_levels,
         norm=m.norm,
         attention_position=m.attention_position,
         num_classes=m.num_classes or None,

@@ -50,6 +50,8 @@ class ModelConfig:
     given_frame_skip: bool = _f(False, "add the nearest given frame to the network's x_0 output (the network "
                                        "learns the change from it; an untrained network copies the given frames "
                                        "on); needs --given_frame_input and --predict_xstart")
+    frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
+                                   "video (needed by --independent_noise_rate)")
     norm: str = _f("group", "normalisation: 'group' (GroupNorm over the video) or 'channel' (across channels at "
                    "each pixel, which keeps a digit's colour)", choices=("group", "channel"))
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")
@@ -78,6 +80,9 @@ class MaskConfig:
     max_num_mask_frames: int = _f(4, "K: each training video keeps k ~ U{1..K} random frames clean")
     mask_range: str = _f("", "'a,b': only frames a..b-1 may be kept; empty = all frames")
     uncondition_rate: float = _f(0.25, "p: probability that a training video keeps no frame")
+    independent_noise_rate: float = _f(0.0, "probability that a training video's generated frames draw their noise "
+                                            "levels independently (Diffusion Forcing) instead of sharing one; "
+                                            "needs --frame_levels true")
 
 
 @dataclass
@@ -207,6 +212,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     _check_network(m, d)
     _check_training(m, mk, t)
+    _check_frame_noise(m, d, mk)
 
 
 def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
@@ -285,6 +291,24 @@ def _check_training(m: ModelConfig, mk: MaskConfig, t: TrainConfig) -> None:
         raise ValueError(f"--seed must be a non-negative integer, got {t.seed}")
     if t.log_dir:
         check_output_folder(t.log_dir, "--log_dir")
+
+
+def _check_frame_noise(m: ModelConfig, d: DiffusionConfig, mk: MaskConfig) -> None:
+    """Per-frame noise levels: the network must embed them, and the loss must be a plain mean over frames."""
+    if not 0.0 <= mk.independent_noise_rate <= 1.0:
+        raise ValueError(f"--independent_noise_rate must lie in [0, 1], got {mk.independent_noise_rate}")
+    if mk.independent_noise_rate > 0:
+        if not m.frame_levels:
+            raise ValueError("--independent_noise_rate needs --frame_levels true: a network with one noise level "
+                             "per video cannot tell its frames' levels apart")
+        # each of these weights or draws a whole video's loss by its one timestep
+        clashes = {"--learn_sigma": m.learn_sigma, "--min_snr_gamma": d.min_snr_gamma > 0,
+                   "--sigma_data": d.sigma_data > 0, "--schedule_sampler loss-second-moment":
+                   d.schedule_sampler != "uniform"}
+        named = [k for k, v in clashes.items() if v]
+        if named:
+            raise ValueError(f"--independent_noise_rate cannot be combined with {', '.join(named)} (they weight or "
+                             "draw a video's loss by one timestep)")
 
 
 # ---------------------------------------------------------------------- comparing configurations

@@ -159,11 +159,17 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ helpers
     def extract(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
-        """Gather a per-timestep coefficient for each batch element, shaped to broadcast over ndim dims."""
+        """
+        Gather a per-timestep coefficient, shaped to broadcast over an ndim-dimensional batch: for
+        t [N] one per batch element; for t [N, T] (one level per frame) one per frame of
+        [N, C, T, ...] videos.
+        """
         key = (name, t.device)
         if key not in self._device_cache:
             self._device_cache[key] = torch.as_tensor(getattr(self, name), dtype=torch.float32, device=t.device)
         out = self._device_cache[key][t]
+        if t.ndim == 2:
+            return out.reshape(t.shape[0], 1, t.shape[1], *([1] * (ndim - 3)))
         return out.reshape(-1, *([1] * (ndim - 1)))
 
     def _check_mask(self, x: torch.Tensor, obs_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -342,13 +348,21 @@ class GaussianDiffusion:
 
         :param model: callable (x, t, obs_mask=..., **model_kwargs) -> output.
         :param x_start: [N, C, T, H, W] clean videos in [-1, 1].
-        :param t: [N] int64 timesteps.
+        :param t: [N] int64 timesteps, or [N, T] one per frame (Diffusion Forcing's per-frame noise
+            levels; the network must embed them, e.g. a UNet3D with ``frame_levels``). Where every
+            frame of a video has its video's level the losses equal those of t [N] bit for bit.
         :param obs_mask: [N, T], 1 = observed (left un-noised). None = unconditional.
         :param model_kwargs: extra keyword arguments for the network (e.g. class labels ``y``).
         :param noise: optional noise of x_start's shape (for reproducible per-sample noise).
         :return: dict of [N] tensors: "loss", "mse" and, with a learned variance, "vb".
         """
         obs = self._check_mask(x_start, obs_mask)
+        if t.shape not in ((x_start.shape[0],), tuple(obs.shape)):
+            raise ValueError(f"t must have shape [N] or [N, T] = {tuple(obs.shape)}, got {tuple(t.shape)}")
+        if t.ndim == 2 and (self.model_var_type == ModelVarType.LEARNED_RANGE
+                            or self.min_snr_gamma > 0 or self.sigma_data > 0):
+            raise ValueError("per-frame timesteps cannot be combined with a learned variance, Min-SNR "
+                             "weighting or sigma_data: each weights a video's loss by its one timestep")
         gen_weight = 1.0 - obs
         if (gen_weight.sum(dim=1) == 0).any():
             bad = (gen_weight.sum(dim=1) == 0).nonzero().flatten().tolist()

@@ -151,7 +151,9 @@ class ResBlock(TimestepBlock):
         # in_layers = (norm, SiLU, conv) and out_layers = (SiLU, dropout, conv) are applied by hand so
         # that each norm -> (FiLM) -> SiLU chain keeps only its input for backward (``nn.norm_act``)
         h = self.in_layers[2](norm_act(self.in_layers[0], x))
-        emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None, None]
+        emb_out = self.emb_layers(emb).type(h.dtype)
+        # [N, E]: one level per video; [N, T, E]: one per frame (frames are never downsampled)
+        emb_out = emb_out[:, :, None, None, None] if emb_out.ndim == 2 else emb_out.transpose(1, 2)[..., None, None]
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
             h = norm_act(self.out_norm, h, scale, shift)

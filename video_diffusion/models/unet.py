@@ -55,7 +55,7 @@ class UNet3D(nn.Module):
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, given_frame_skip: bool = False,
-                 norm: str = "group",
+                 norm: str = "group", frame_levels: bool = False,
                  attention_position: str = "none"):
         super().__init__()
         if norm not in NORMS:
@@ -66,6 +66,9 @@ class UNet3D(nn.Module):
         if given_frame_skip and not given_frame_input:
             raise ValueError("given_frame_skip needs given_frame_input")
         self.given_frame_skip = given_frame_skip
+        if frame_levels and not mask_input:
+            raise ValueError("frame_levels needs mask_input: given frames are the ones at level 0")
+        self.frame_levels = frame_levels
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         self.patch_size = patch_size
@@ -124,11 +127,27 @@ class UNet3D(nn.Module):
                 self.output_blocks.append(TimestepSequential(*layers))
         self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, out_channels * patch_size ** 2)))
 
+    def _embed(self, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor], n: int, frames: int) -> torch.Tensor:
+        """[N, E] from one level per video, or with ``frame_levels`` [N, T, E] from one per frame."""
+        if not self.frame_levels:
+            if timesteps.shape != (n,):
+                raise ValueError(f"timesteps must have shape [N] = {(n,)}, got {tuple(timesteps.shape)} "
+                                 "(one level per frame needs a network built with frame_levels)")
+            return self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        if timesteps.ndim == 1:
+            timesteps = timesteps[:, None].expand(n, frames)
+        if timesteps.shape != (n, frames):
+            raise ValueError(f"timesteps must have shape [N] or [N, T] = {(n, frames)}, got {tuple(timesteps.shape)}")
+        levels = torch.where(obs_mask.to(timesteps.device) > 0, torch.zeros_like(timesteps), timesteps)
+        emb = self.time_embed(timestep_embedding(levels.reshape(-1), self.model_channels))
+        return emb.reshape(n, frames, -1)
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
         :param x: [N, C, T, H, W] noisy videos (observed frames already clean).
-        :param timesteps: [N] diffusion timesteps.
+        :param timesteps: [N] diffusion timesteps, or with ``frame_levels`` [N, T] one per frame. With
+            ``frame_levels`` the given frames are embedded at level 0 whatever is passed for them.
         :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
         :param y: [N] class labels, when class-conditional.
         :return: [N, out_channels, T, H, W].
@@ -138,11 +157,12 @@ class UNet3D(nn.Module):
                              f"{self.downsampling}")
         if (y is not None) != (self.label_emb is not None):
             raise ValueError("pass y if and only if the model is class-conditional (num_classes set)")
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        if self.label_emb is not None:
-            emb = emb + self.label_emb(y)
         if self.mask_input and obs_mask is None:
             raise ValueError("this model was built with mask_input: pass obs_mask [N, T]")
+        emb = self._embed(timesteps, obs_mask, x.shape[0], x.shape[2])
+        if self.label_emb is not None:
+            label = self.label_emb(y)
+            emb = emb + (label[:, None] if emb.ndim == 3 else label)
         offset = given = None
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)

@@ -34,6 +34,8 @@ class StepStats:
         if "vb" in losses:
             v[_I["vb"]] += losses["vb"].float().sum()
         v[_I["count"]] += len(t)
+        if t.ndim == 2:  # one level per frame: the video's quarter is that of its mean level
+            t = t.float().mean(dim=1).long()
         quarter = (4 * t // num_timesteps).clamp(max=3)
         v[_I["q0"]:_I["q3"] + 1] += torch.zeros(4, device=t.device).index_add_(0, quarter, losses["loss"].float())
         v[_I["n0"]:_I["n3"] + 1] += torch.bincount(quarter, minlength=4).float()
