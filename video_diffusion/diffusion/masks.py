@@ -104,7 +104,7 @@ def unconditional_mask(batch_size: int, seq_len: int) -> torch.Tensor:
 
 def training_randomness(seed: int, step: int, first_index: int, video_shape: Sequence[int], seq_len: int,
                         max_num_mask_frames: int, uncondition_rate: float, mask_range: Tuple[int, int],
-                        schedule_sampler, device, independent_noise_rate: float = 0.0, num_timesteps: int = 0):
+                        schedule_sampler, device, independent_noise_rate: float = 0.0):
     """
     The random choices of a training step for videos ``first_index, first_index + 1, ...`` of
     the global batch: each video's mask, timestep (with its importance weight) and noise come
@@ -114,7 +114,7 @@ def training_randomness(seed: int, step: int, first_index: int, video_shape: Seq
     :param video_shape: [n, C, T, H, W] of this rank's videos.
     :param schedule_sampler: the timestep sampler (its ``sample`` takes one generator per video).
     :param independent_noise_rate: with this probability a video's frames each draw their own
-        level, uniform over the ``num_timesteps`` (Diffusion Forcing, Chen et al. 2024); the
+        level, uniform over the sampler's ``num_timesteps`` (Diffusion Forcing, Chen et al. 2024); the
         others keep the video's one level on every frame. Above 0, t is [n, T]. The per-frame
         draws come after all of today's, so a rate of 0 leaves every other draw as it was.
     :return: (masks [n, T], t [n] or [n, T], weights [n], noise [n, C, T, H, W]), on ``device``.
@@ -129,7 +129,7 @@ def training_randomness(seed: int, step: int, first_index: int, video_shape: Seq
         rows = []
         for g, level in zip(cpu_gens, t.tolist()):
             independent = torch.rand((), generator=g).item() < independent_noise_rate
-            levels = torch.randint(0, num_timesteps, (seq_len,), generator=g)
+            levels = torch.randint(0, schedule_sampler.num_timesteps, (seq_len,), generator=g)
             rows.append(levels if independent else torch.full((seq_len,), level, dtype=torch.long))
         t = torch.stack(rows).to(device)
     dev_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]

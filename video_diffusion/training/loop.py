@@ -209,7 +209,7 @@ class TrainLoop:
         masks, t, weights, noise = training_randomness(
             self.cfg.train.seed, self.step, self.ctx.rank * self.batch_size, x.shape, self.cfg.model.seq_len,
             m.max_num_mask_frames, m.uncondition_rate, self.mask_range, self.schedule_sampler, x.device,
-            m.independent_noise_rate, self.diffusion.num_timesteps)
+            m.independent_noise_rate)
         stats = StepStats(x.device)
         losses = self._backward(x, batch, masks, t, weights, noise, stats)
         self._update_timestep_sampler(t, losses)
