@@ -247,6 +247,8 @@ def plot_curve(curve: Dict, path) -> None:
             value = refs["generation"]["perfect"]["fvd"]
             ax.axhline(value, color="tab:green", label=f"real vs real clips ({value:.0f})")
         ax.legend(fontsize=7)
+    else:  # an empty axis would read as a failed measurement
+        ax.text(0.5, 0.5, "not measured (--fvd_videos 0)", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("generation: FVD (lower is better)")
     ax.set_xlabel("videos seen")
     ax.grid(alpha=0.3)
