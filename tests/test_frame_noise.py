@@ -63,10 +63,11 @@ def test_one_shared_level_per_video_gives_todays_loss_bit_for_bit():
 def test_independent_levels_are_drawn_after_todays_randomness():
     sampler = create_timestep_sampler("uniform", 1000)
     args = (0, 7, 0, (64, 3, 8, 4, 4), 8, 3, 0.25, (0, 8), sampler, torch.device("cpu"))
-    masks, t, weights, noise = training_randomness(*args)
+    masks, t, weights, noise, self_cond = training_randomness(*args)
+    assert self_cond is None  # no self-conditioning draw at its rate 0
     assert t.shape == (64,)
     for rate in (0.0, 0.5, 1.0):
-        m2, t2, w2, n2 = training_randomness(*args, independent_noise_rate=rate)
+        m2, t2, w2, n2, _ = training_randomness(*args, independent_noise_rate=rate)
         assert torch.equal(m2, masks) and torch.equal(w2, weights) and torch.equal(n2, noise)
         if rate == 0:
             assert torch.equal(t2, t)

@@ -291,6 +291,19 @@ class GaussianDiffusion:
             log_name = "posterior_log_variance_clipped" if self.model_var_type == ModelVarType.FIXED_SMALL else "log_large_variance"
             variance = self.extract(name, t, nd).expand_as(x_t)
             log_variance = self.extract(log_name, t, nd).expand_as(x_t)
+        pred_xstart = self.pred_xstart_of(out, x_t, t, clip_denoised)
+        mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
+        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart}
+
+    def pred_xstart_of(self, out, x_t, t, clip_denoised: bool = True):
+        """
+        The x_0 that the network's mean output (without a learned variance's channels) stands for,
+        whatever it predicts (noise, v or x_0).
+
+        :param out: [N, C, T, H, W] the output's mean part.
+        :param t: [N] or [N, T] timesteps.
+        :param clip_denoised: clip to [-1, 1].
+        """
         out = out.float()
         if self.model_mean_type == ModelMeanType.EPSILON:
             pred_xstart = self.predict_xstart_from_eps(x_t, t, out)
@@ -298,10 +311,7 @@ class GaussianDiffusion:
             pred_xstart = self.predict_xstart_from_v(x_t, t, out)
         else:
             pred_xstart = self.xstart_from_output(out, x_t, t)
-        if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
-        mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
-        return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_xstart": pred_xstart}
+        return pred_xstart.clamp(-1, 1) if clip_denoised else pred_xstart
 
     @property
     def log_betas(self):
@@ -342,7 +352,7 @@ class GaussianDiffusion:
         nll = -discretized_gaussian_log_likelihood(x_start, mean_var["mean"], 0.5 * mean_var["log_variance"]) / math.log(2.0)
         return torch.where((t == 0).reshape(-1, *([1] * (x_t.ndim - 1))), nll, kl)
 
-    def training_losses(self, model, x_start, t, obs_mask=None, model_kwargs=None, noise=None):
+    def training_losses(self, model, x_start, t, obs_mask=None, model_kwargs=None, noise=None, self_cond=None):
         """
         Per-video training losses; observed frames are kept clean and excluded from every term.
 
@@ -354,6 +364,10 @@ class GaussianDiffusion:
         :param obs_mask: [N, T], 1 = observed (left un-noised). None = unconditional.
         :param model_kwargs: extra keyword arguments for the network (e.g. class labels ``y``).
         :param noise: optional noise of x_start's shape (for reproducible per-sample noise).
+        :param self_cond: [N] bool, for a self-conditioned network (which takes ``x_self_cond``);
+            None for any other. The chosen videos get the network's own first estimate of x_0
+            (made without gradients, with a zero ``x_self_cond``) as ``x_self_cond``, the others
+            zeros, so the network learns both to estimate and to refine (Chen et al. 2022).
         :return: dict of [N] tensors: "loss", "mse" and, with a learned variance, "vb".
         """
         obs = self._check_mask(x_start, obs_mask)
@@ -372,7 +386,10 @@ class GaussianDiffusion:
             noise = torch.randn_like(x_start)
         observed = frames_to_elements(obs).bool()
         x_t = torch.where(observed, x_start, self.q_sample(x_start, t, noise))
-        model_output = model(x_t, self.model_timesteps(t), obs_mask=obs, **(model_kwargs or {}))
+        kwargs = dict(model_kwargs or {})
+        if self_cond is not None:
+            kwargs["x_self_cond"] = self.first_estimate(model, x_t, t, obs, self_cond, kwargs)
+        model_output = model(x_t, self.model_timesteps(t), obs_mask=obs, **kwargs)
         out, var_values = self.split_model_output(model_output, x_start.shape[1])
 
         terms = {}
@@ -403,6 +420,29 @@ class GaussianDiffusion:
             mse = mse / self.extract("edm_c_out", t, 1) ** 2
         terms["loss"] = mse + terms.get("vb", 0.0)
         return terms
+
+    def first_estimate(self, model, x_t, t, obs, chosen, model_kwargs):
+        """
+        Self-conditioning's input in training: for the ``chosen`` videos ([N] bool) the network's
+        x_0 from x_t with a zero ``x_self_cond``, without gradients, their given frames replaced by
+        the given values (as the sampler does); zeros for the others. Only the chosen videos
+        pay for the extra pass.
+        """
+        estimate = torch.zeros(x_t.shape, dtype=torch.float32, device=x_t.device)
+        if chosen.shape != (x_t.shape[0],):
+            raise ValueError(f"self_cond must have shape [N] = {(x_t.shape[0],)}, got {tuple(chosen.shape)}")
+        idx = chosen.nonzero().flatten()
+        if idx.numel() == 0:
+            return estimate
+        n = x_t.shape[0]
+        sub = {k: v[idx] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in model_kwargs.items()}
+        x_sub, t_sub = x_t[idx], t[idx]
+        with torch.no_grad():
+            output = model(x_sub, self.model_timesteps(t_sub), obs_mask=obs[idx],
+                           x_self_cond=torch.zeros_like(x_sub), **sub)
+            x0 = self.pred_xstart_of(self.split_model_output(output, x_t.shape[1])[0], x_sub, t_sub)
+        estimate[idx] = torch.where(frames_to_elements(obs[idx]).bool(), x_sub.float(), x0)
+        return estimate
 
     def snr_loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """

@@ -104,7 +104,8 @@ def unconditional_mask(batch_size: int, seq_len: int) -> torch.Tensor:
 
 def training_randomness(seed: int, step: int, first_index: int, video_shape: Sequence[int], seq_len: int,
                         max_num_mask_frames: int, uncondition_rate: float, mask_range: Tuple[int, int],
-                        schedule_sampler, device, independent_noise_rate: float = 0.0):
+                        schedule_sampler, device, independent_noise_rate: float = 0.0,
+                        self_condition_rate: float = 0.0):
     """
     The random choices of a training step for videos ``first_index, first_index + 1, ...`` of
     the global batch: each video's mask, timestep (with its importance weight) and noise come
@@ -117,7 +118,10 @@ def training_randomness(seed: int, step: int, first_index: int, video_shape: Seq
         level, uniform over the sampler's ``num_timesteps`` (Diffusion Forcing, Chen et al. 2024); the
         others keep the video's one level on every frame. Above 0, t is [n, T]. The per-frame
         draws come after all of today's, so a rate of 0 leaves every other draw as it was.
-    :return: (masks [n, T], t [n] or [n, T], weights [n], noise [n, C, T, H, W]), on ``device``.
+    :param self_condition_rate: with this probability a video is trained on the network's own
+        first estimate of x_0 (self-conditioning); drawn after all the others, likewise.
+    :return: (masks [n, T], t [n] or [n, T], weights [n], noise [n, C, T, H, W], self_cond [n]
+        bool or None when the rate is 0), on ``device``.
     """
     n = video_shape[0]
     seeds = [seed_of(seed, step, first_index + j) for j in range(n)]
@@ -132,6 +136,10 @@ def training_randomness(seed: int, step: int, first_index: int, video_shape: Seq
             levels = torch.randint(0, schedule_sampler.num_timesteps, (seq_len,), generator=g)
             rows.append(levels if independent else torch.full((seq_len,), level, dtype=torch.long))
         t = torch.stack(rows).to(device)
+    self_cond = None
+    if self_condition_rate > 0:
+        self_cond = torch.tensor([torch.rand((), generator=g).item() < self_condition_rate for g in cpu_gens],
+                                 device=device)
     dev_gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     noise = torch.stack([torch.randn(tuple(video_shape[1:]), generator=g, device=device) for g in dev_gens])
-    return masks, t, weights, noise
+    return masks, t, weights, noise, self_cond

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
-                     conv3d, nearest_given_frames, patchify, unpatchify)
+from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, FramesInChannels, ResBlock, TimestepSequential,
+                     Upsample, attention, conv3d, nearest_given_frames, patchify, unpatchify)
 from .nn import NORMS, norm_act, normalization, timestep_embedding, zero_module
 
 
@@ -47,6 +47,13 @@ class UNet3D(nn.Module):
         (across channels at each position, which keeps a given digit's colour; ``nn.ChannelNorm``).
     :param attention_position: "none" (attention sees no positions) or "rope" (axial rotary
         positions in time and space, ``blocks.AttentionBlock``).
+    :param self_condition: if True, the network also takes ``x_self_cond``, an earlier estimate of
+        x_0 for the whole video (self-conditioning, Chen et al. 2022), as input channels: a draft
+        of every frame to refine, so the frames of one sampling step can agree with what the last
+        step drew. Without it (or given None) the input is zeros: a first estimate.
+    :param frames_in_channels: the window length T to add, in the middle block, a residual block
+        that folds the frames into channels (``blocks.FramesInChannels``, MCVD-style); 0 = none.
+        The network then takes windows of exactly T frames.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -56,7 +63,8 @@ class UNet3D(nn.Module):
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, given_frame_skip: bool = False,
                  norm: str = "group", frame_levels: bool = False,
-                 attention_position: str = "none"):
+                 attention_position: str = "none", self_condition: bool = False,
+                 frames_in_channels: int = 0):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -69,6 +77,7 @@ class UNet3D(nn.Module):
         if frame_levels and not mask_input:
             raise ValueError("frame_levels needs mask_input: given frames are the ones at level 0")
         self.frame_levels = frame_levels
+        self.self_condition = self_condition
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
         self.patch_size = patch_size
@@ -97,8 +106,8 @@ class UNet3D(nn.Module):
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepSequential(
-            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input)) + int(mask_input)
-                   + int(given_frame_input), ch))])
+            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input) + int(self_condition))
+                   + int(mask_input) + int(given_frame_input), ch))])
         skip_channels = [ch]
         ds = patch_size
         for level, mult in enumerate(channel_mult):
@@ -113,7 +122,10 @@ class UNet3D(nn.Module):
                 self.input_blocks.append(TimestepSequential(Downsample(ch)))
                 skip_channels.append(ch)
                 ds *= 2
-        self.middle_block = TimestepSequential(res(ch, ch), attn(ch), res(ch, ch))
+        middle = [res(ch, ch), attn(ch)]
+        if frames_in_channels:
+            middle.append(FramesInChannels(ch, frames_in_channels, emb_dim, norm))
+        self.middle_block = TimestepSequential(*middle, res(ch, ch))
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
@@ -143,13 +155,15 @@ class UNet3D(nn.Module):
         return emb.reshape(n, frames, -1)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor] = None,
-                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+                y: Optional[torch.Tensor] = None, x_self_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         """
         :param x: [N, C, T, H, W] noisy videos (observed frames already clean).
         :param timesteps: [N] diffusion timesteps, or with ``frame_levels`` [N, T] one per frame. With
             ``frame_levels`` the given frames are embedded at level 0 whatever is passed for them.
         :param obs_mask: [N, T], 1 where a frame is observed. Required when mask_input is on.
         :param y: [N] class labels, when class-conditional.
+        :param x_self_cond: [N, C, T, H, W] an earlier estimate of x_0, for a network built with
+            ``self_condition`` (None = zeros, a first estimate).
         :return: [N, out_channels, T, H, W].
         """
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
@@ -163,10 +177,18 @@ class UNet3D(nn.Module):
         if self.label_emb is not None:
             label = self.label_emb(y)
             emb = emb + (label[:, None] if emb.ndim == 3 else label)
+        if x_self_cond is not None and not self.self_condition:
+            raise ValueError("x_self_cond was passed to a network built without self_condition")
+        if x_self_cond is not None and x_self_cond.shape != x.shape:
+            raise ValueError(f"x_self_cond must have the shape of x {tuple(x.shape)}, got {tuple(x_self_cond.shape)}")
         offset = given = None
+        inputs = [x]
         if self.given_frame_input:
             given, offset = nearest_given_frames(x, obs_mask)
-            x = torch.cat([x, given], dim=1)
+            inputs.append(given)
+        if self.self_condition:
+            inputs.append(torch.zeros_like(x) if x_self_cond is None else x_self_cond.to(x.dtype))
+        x = torch.cat(inputs, dim=1) if len(inputs) > 1 else x
         x = patchify(x, self.patch_size)
         if self.mask_input:
             n, _, t, h, w = x.shape

@@ -23,6 +23,11 @@ prediction given the frames with the prediction given none:
 so w = 1 is plain conditional sampling (and skips the second pass), w > 1 follows the
 given frames more strongly, w = 0 ignores them.
 
+A self-conditioned network (``self_condition``) gets, at every call, the x_0 that the previous
+call predicted (zeros at the first), its given frames replaced by the given values as in
+training; so the denoiser holds that one estimate between calls, and a new sampling run
+needs a new denoiser.
+
 Randomness is per video: ``randn_per_video`` draws row i from generators[i], so a video's
 result depends on its own seed only, not on the batch it shares or the number of ranks.
 """
@@ -45,7 +50,7 @@ def randn_per_video(generators: Sequence[torch.Generator], shape, device) -> tor
 
 def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.Tensor, obs_mask: torch.Tensor, *,
                   conditioning: str = "mask", guidance_scale: float = 1.0, model_kwargs=None,
-                  clip_denoised: bool = True, noise_fn: Callable = None) -> Denoiser:
+                  clip_denoised: bool = True, noise_fn: Callable = None, self_condition: bool = False) -> Denoiser:
     """
     ``D(x, i)``: the network's predictions at step ``i`` of ``diffusion`` for the current
     sample ``x`` (its given frames are replaced here, whatever x holds there).
@@ -53,16 +58,21 @@ def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.
     :param x_known: [N, C, T, H, W] holding the given frames (other frames ignored).
     :param obs_mask: [N, T] float, 1 = given frame.
     :param noise_fn: () -> fresh noise like x (replacement noises the given frames with it).
+    :param self_condition: pass the previous call's x_0 as ``x_self_cond`` (a self-conditioned network).
     :return: a function (x, i) -> dict(pred_xstart, eps, mean, log_variance, x) where x is
         the input the network saw.
     """
-    kwargs = model_kwargs or {}
+    base_kwargs = model_kwargs or {}
     observed = frames_to_elements(obs_mask).bool()
     zeros = torch.zeros_like(obs_mask)
+    previous = {}  # self-conditioning: the last call's x_0
 
     def denoise(x: torch.Tensor, i: int) -> Dict[str, torch.Tensor]:
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         net_t = diffusion.model_timesteps(t)
+        kwargs = base_kwargs
+        if self_condition:
+            kwargs = dict(base_kwargs, x_self_cond=previous.get("x0", torch.zeros_like(x)))
         with torch.inference_mode():
             if conditioning == "replacement":
                 x = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
@@ -79,6 +89,9 @@ def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.
                     mean = uncond[:, :c] + guidance_scale * (output[:, :c] - uncond[:, :c])
                     output = torch.cat([mean, output[:, c:]], dim=1)  # a learned variance: the conditional pass's
             out = diffusion.output_to_mean_variance(output, x, t, clip_denoised)
+            if self_condition:
+                x0 = out["pred_xstart"] if clip_denoised else out["pred_xstart"].clamp(-1, 1)
+                previous["x0"] = x0 if conditioning == "replacement" else torch.where(observed, x_known, x0)
             out["eps"] = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
             out["x"] = x
         return out

@@ -27,7 +27,8 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
            obs_mask: Optional[torch.Tensor] = None, x_known: Optional[torch.Tensor] = None,
            sampler: str, eta: float = 0.0, conditioning: str = "mask", resample_steps: int = 1,
            guidance_scale: float = 1.0, clip_denoised: bool = True, model_kwargs=None,
-           callback: Optional[Callable] = None, progress: bool = False, device=None) -> torch.Tensor:
+           callback: Optional[Callable] = None, progress: bool = False, device=None,
+           self_condition: bool = False) -> torch.Tensor:
     """
     Sample one batch of windows, holding the given frames fixed: ``sampler`` walks every step
     of ``diffusion`` (a plan's process on its grid).
@@ -45,6 +46,7 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
     :param guidance_scale: w of the frame guidance (1 = none).
     :param callback: called after every step with dict(x, i, pred_xstart).
     :param progress: show a tqdm bar over the network evaluations.
+    :param self_condition: the network is self-conditioned (each call gets the last call's x_0).
     :return: [N, C, T, H, W] videos in [-1, 1]; given frames equal x_known exactly.
     """
     check_sampler_options(sampler, conditioning, resample_steps, guidance_scale, eta)
@@ -64,7 +66,7 @@ def sample(diffusion: GaussianDiffusion, model: Callable, shape, generators: Seq
 
     denoiser = make_denoiser(diffusion, model, x_known, obs, conditioning=conditioning,
                              guidance_scale=guidance_scale, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
-                             noise_fn=noise_fn)
+                             noise_fn=noise_fn, self_condition=self_condition)
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=spec.evaluations(diffusion.num_timesteps) * resample_steps, desc="sampling", leave=False)
@@ -145,7 +147,7 @@ def sample_items(model, plan: SamplingPlan, items: Sequence[int], device, gt: Op
             return sample(plan.diffusion, model, (n, channels, seq_len, size, size), gens, obs_mask=obs_mask,
                           x_known=x_known, sampler=plan.sampler, conditioning=plan.conditioning,
                           guidance_scale=plan.guidance_scale, model_kwargs=model_kwargs, device=device,
-                          **plan.sampler_options).float()
+                          self_condition=plan.self_condition, **plan.sampler_options).float()
 
     # The network is convolutional in time, so a shorter clip is one window of num_frames;
     # a longer one is rolled out window by window.

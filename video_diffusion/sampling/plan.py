@@ -54,6 +54,7 @@ class SamplingPlan:
     batch_size: int
     frame_shape: Tuple[int, int, int]  # C, H, W
     num_classes: int
+    self_condition: bool = False  # the network takes its previous x_0 estimate (the denoiser passes it)
 
     @property
     def num_items(self) -> int:
@@ -149,6 +150,10 @@ def _check_options(cfg: Config, opts: SampleOptions) -> None:
     if opts.num_frames < 0:
         raise ValueError(f"--num_frames must be >= 0 (0 = the model's seq_len), got {opts.num_frames}")
     window = min(seq_len, opts.num_frames or seq_len)
+    if cfg.model.frames_in_channels and window != seq_len:
+        raise ValueError(f"--num_frames {opts.num_frames}: this model folds its window's frames into channels "
+                         f"(--frames_in_channels) and takes windows of exactly {seq_len} frames; ask for "
+                         f"{seq_len} or more (longer videos are rolled out)")
     task_mask(opts.task, 1, window, opts.num_cond_frames, opts.cond_frames)  # raises on bad frames
     if opts.num_frames > seq_len:
         if opts.task == "infill":
@@ -235,4 +240,4 @@ def resolve_plan(cfg: Config, opts: SampleOptions) -> SamplingPlan:
         num_videos=resolve_num_videos(opts, None if data is None else len(data)),
         samples_per_video=opts.samples_per_video, seed=opts.seed, batch_size=opts.batch_size,
         frame_shape=(3 if cfg.model.rgb else 1, cfg.model.image_size, cfg.model.image_size),
-        num_classes=cfg.model.num_classes)
+        num_classes=cfg.model.num_classes, self_condition=cfg.model.self_condition)

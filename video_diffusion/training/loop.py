@@ -40,6 +40,10 @@ from ..diffusion.timestep_sampler import LossSecondMomentResampler, create_times
 from .stats import StepStats, WindowStats
 
 MAX_BAD_STEPS = 10
+# The share of videos a self-conditioned network is trained on its own first estimate (Chen et
+# al. 2022's one half): the rest teach it to estimate from nothing, which the sampler's first step
+# and every diagnostic that calls the network once still ask of it.
+SELF_CONDITION_RATE = 0.5
 
 # What a checkpoint holds besides the configuration, the RNG states and the run's metadata:
 # checkpoint key -> the TrainLoop attribute that owns it (state_dict / load_state_dict).
@@ -206,12 +210,12 @@ class TrainLoop:
         if x.ndim != 5 or x.shape[2] != self.cfg.model.seq_len:
             raise ValueError(f"expected a video batch [N, C, {self.cfg.model.seq_len}, H, W], got {tuple(x.shape)}")
         m = self.cfg.mask
-        masks, t, weights, noise = training_randomness(
+        masks, t, weights, noise, self_cond = training_randomness(
             self.cfg.train.seed, self.step, self.ctx.rank * self.batch_size, x.shape, self.cfg.model.seq_len,
             m.max_num_mask_frames, m.uncondition_rate, self.mask_range, self.schedule_sampler, x.device,
-            m.independent_noise_rate)
+            m.independent_noise_rate, SELF_CONDITION_RATE if self.cfg.model.self_condition else 0.0)
         stats = StepStats(x.device)
-        losses = self._backward(x, batch, masks, t, weights, noise, stats)
+        losses = self._backward(x, batch, masks, t, weights, noise, self_cond, stats)
         self._update_timestep_sampler(t, losses)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -227,7 +231,7 @@ class TrainLoop:
         self.step += 1
         return applied
 
-    def _backward(self, x, batch, masks, t, weights, noise, stats: StepStats) -> torch.Tensor:
+    def _backward(self, x, batch, masks, t, weights, noise, self_cond, stats: StepStats) -> torch.Tensor:
         """Gradients of the batch-mean loss, in microbatches; returns the per-video losses."""
         n = x.shape[0]
         self.opt.zero_grad(set_to_none=True)
@@ -239,7 +243,8 @@ class TrainLoop:
             with sync:
                 with torch.autocast(**self.autocast):
                     losses = self.diffusion.training_losses(self.forward_model, x[i:j], t[i:j], obs_mask=masks[i:j],
-                                                            noise=noise[i:j], model_kwargs=self._kwargs(batch, i, j))
+                                                            noise=noise[i:j], model_kwargs=self._kwargs(batch, i, j),
+                                                            self_cond=None if self_cond is None else self_cond[i:j])
                 # Sum over the microbatch / full batch: any split, even or not, gives the batch mean.
                 ((losses["loss"] * weights[i:j]).sum() / n).backward()
             stats.add_losses(losses, t[i:j], self.diffusion.num_timesteps)
