@@ -37,7 +37,6 @@ def create_model(cfg: Config) -> UNet3D:
         given_frame_skip=m.given_frame_skip,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,
-        frames_in_channels=m.seq_len if m.frames_in_channels else 0,
         norm=m.norm,
         attention_position=m.attention_position,
         num_classes=m.num_classes or None,

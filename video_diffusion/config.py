@@ -55,9 +55,6 @@ class ModelConfig:
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
                                      "estimate of x_0 as input; half the training videos get a first estimate of "
                                      "it, and each sampling step gets the last step's")
-    frames_in_channels: bool = _f(False, "add to the middle block a residual block that folds the window's frames "
-                                         "into channels (MCVD-style): every frame mixes with every other with "
-                                         "weights per frame pair; the network then takes windows of --seq_len only")
     norm: str = _f("group", "normalisation: 'group' (GroupNorm over the video) or 'channel' (across channels at "
                    "each pixel, which keeps a digit's colour)", choices=("group", "channel"))
     num_classes: int = _f(0, "class-conditional network over this many classes (set from the data by --class_cond)")

@@ -162,36 +162,6 @@ class ResBlock(TimestepBlock):
         return self.skip(x) + self.out_layers[2](self.out_layers[1](h))
 
 
-class FramesInChannels(TimestepBlock):
-    """
-    A residual block that folds the frames into channels (as MCVD's 2D network sees a video):
-    norm -> FiLM -> SiLU, then one 3x3 2D convolution over [N, C * T, H, W], unfolded and added
-    back. Each frame's output mixes every frame's features nearby with weights of its own per
-    pair of frames, so where a frame sits in the window is known to it (attention without
-    positions cannot tell frames apart) and content can move between any two frames in one
-    layer. The weights are tied to the window length T. Starts as the identity.
-    """
-
-    def __init__(self, channels: int, frames: int, emb_channels: int, norm: str = "group"):
-        super().__init__()
-        self.frames = frames
-        self.norm = normalization(channels, norm)
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
-        # a 1x3x3 Conv3d over a one-frame video is the 2D convolution; 3D weights keep every
-        # convolution of the network in one memory layout (``nn.to_channels_last``)
-        self.conv = zero_module(nn.Conv3d(channels * frames, channels * frames, (1, 3, 3), padding=(0, 1, 1)))
-
-    def forward(self, x, emb):
-        n, c, t, h, w = x.shape
-        if t != self.frames:
-            raise ValueError(f"frames_in_channels was built for windows of {self.frames} frames, got {t}")
-        emb_out = self.emb_layers(emb).type(x.dtype)
-        emb_out = emb_out[:, :, None, None, None] if emb_out.ndim == 2 else emb_out.transpose(1, 2)[..., None, None]
-        scale, shift = emb_out.chunk(2, dim=1)
-        folded = norm_act(self.norm, x, scale, shift).transpose(1, 2).reshape(n, t * c, 1, h, w)
-        return x + self.conv(folded).reshape(n, t, c, h, w).transpose(1, 2)
-
-
 POSITIONS = ("none", "rope")
 # Rotary frequencies: base**(-2i/d) for i < d/2. Grids here are 4-32 cells and 8-20 frames, so a
 # base of 100 (rather than language models' 10000) keeps every rotated pair turning within them.

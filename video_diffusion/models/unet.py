@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, FramesInChannels, ResBlock, TimestepSequential,
-                     Upsample, attention, conv3d, nearest_given_frames, patchify, unpatchify)
+from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
+                     conv3d, nearest_given_frames, patchify, unpatchify)
 from .nn import NORMS, norm_act, normalization, timestep_embedding, zero_module
 
 
@@ -51,9 +51,6 @@ class UNet3D(nn.Module):
         x_0 for the whole video (self-conditioning, Chen et al. 2022), as input channels: a draft
         of every frame to refine, so the frames of one sampling step can agree with what the last
         step drew. Without it (or given None) the input is zeros: a first estimate.
-    :param frames_in_channels: the window length T to add, in the middle block, a residual block
-        that folds the frames into channels (``blocks.FramesInChannels``, MCVD-style); 0 = none.
-        The network then takes windows of exactly T frames.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -63,8 +60,7 @@ class UNet3D(nn.Module):
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, given_frame_skip: bool = False,
                  norm: str = "group", frame_levels: bool = False,
-                 attention_position: str = "none", self_condition: bool = False,
-                 frames_in_channels: int = 0):
+                 attention_position: str = "none", self_condition: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -122,10 +118,7 @@ class UNet3D(nn.Module):
                 self.input_blocks.append(TimestepSequential(Downsample(ch)))
                 skip_channels.append(ch)
                 ds *= 2
-        middle = [res(ch, ch), attn(ch)]
-        if frames_in_channels:
-            middle.append(FramesInChannels(ch, frames_in_channels, emb_dim, norm))
-        self.middle_block = TimestepSequential(*middle, res(ch, ch))
+        self.middle_block = TimestepSequential(res(ch, ch), attn(ch), res(ch, ch))
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):

@@ -150,10 +150,6 @@ def _check_options(cfg: Config, opts: SampleOptions) -> None:
     if opts.num_frames < 0:
         raise ValueError(f"--num_frames must be >= 0 (0 = the model's seq_len), got {opts.num_frames}")
     window = min(seq_len, opts.num_frames or seq_len)
-    if cfg.model.frames_in_channels and window != seq_len:
-        raise ValueError(f"--num_frames {opts.num_frames}: this model folds its window's frames into channels "
-                         f"(--frames_in_channels) and takes windows of exactly {seq_len} frames; ask for "
-                         f"{seq_len} or more (longer videos are rolled out)")
     task_mask(opts.task, 1, window, opts.num_cond_frames, opts.cond_frames)  # raises on bad frames
     if opts.num_frames > seq_len:
         if opts.task == "infill":
