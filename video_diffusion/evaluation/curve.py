@@ -39,6 +39,7 @@ from ..sampling.plan import resolve_plan, task_mask, test_dataset
 from ..sampling.denoiser import make_denoiser
 from .tracker import track
 from .fvd import fvd_from_features, i3d_features
+from .metrics import PSNR_CAP
 from .quality import copy_last_given, evaluate, set_scores, video_scores
 
 # Videos that are neither training nor test videos: the perfect generator's FVD compares them with the test clips.
@@ -220,7 +221,8 @@ def plot_curve(curve: Dict, path) -> None:
                     continue
                 value = refs[key][ref][metric]
                 if metric == "psnr" and value > top + 10:  # a perfect model's 90+ dB would flatten the curve
-                    ax.annotate(f"{label}: {value:.1f} dB", xy=(0.02, 0.95 - 0.07 * (ref == "object_tracker")),
+                    text = "exact (MSE 0)" if value >= PSNR_CAP else f"{value:.1f} dB"  # the cap is no figure
+                    ax.annotate(f"{label}: {text}", xy=(0.02, 0.95 - 0.07 * (ref == "object_tracker")),
                                 xycoords="axes fraction", color=colour, va="top")
                     continue
                 ax.axhline(value, color=colour, linestyle=style, label=f"{label} ({value:.3g})")
