@@ -71,8 +71,8 @@ def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         net_t = diffusion.model_timesteps(t)
         kwargs = base_kwargs
-        if self_condition:
-            kwargs = dict(base_kwargs, x_self_cond=previous.get("x0", torch.zeros_like(x)))
+        if self_condition:  # zeros only at the first call (a default argument would allocate them every call)
+            kwargs = dict(base_kwargs, x_self_cond=previous["x0"] if previous else torch.zeros_like(x))
         with torch.inference_mode():
             if conditioning == "replacement":
                 x = torch.where(observed, diffusion.q_sample(x_known, t, noise_fn()), x)
@@ -90,7 +90,7 @@ def make_denoiser(diffusion: GaussianDiffusion, model: Callable, x_known: torch.
                     output = torch.cat([mean, output[:, c:]], dim=1)  # a learned variance: the conditional pass's
             out = diffusion.output_to_mean_variance(output, x, t, clip_denoised)
             if self_condition:
-                x0 = out["pred_xstart"] if clip_denoised else out["pred_xstart"].clamp(-1, 1)
+                x0 = out["pred_xstart"].clamp(-1, 1)  # as in training, whatever clip_denoised says
                 previous["x0"] = x0 if conditioning == "replacement" else torch.where(observed, x_known, x0)
             out["eps"] = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
             out["x"] = x
