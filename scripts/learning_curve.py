@@ -4,24 +4,27 @@ held-out videos, drawn against videos seen with both baselines and the perfect m
 
     python scripts/learning_curve.py --run_dir runs/tiny                 # -> runs/tiny/curve/curve.{json,png}
     python scripts/learning_curve.py --run_dir runs/small --out_dir docs/curves/small --fvd_videos 0
+    python scripts/learning_curve.py --run_dir runs/lever --fvd_videos 0 --compare docs/curves/small/curve.json
 
 Per checkpoint: 2 -> T-2 prediction, T/2 -> T/2 prediction and infilling from the first and
 last frames (PSNR / SSIM over the generated frames, default sampler), generation FVD of
 rolled-out clips, the network's x_0 from pure noise plus 2 frames (mean squared error
 per predicted frame), and the temporal-use diagnostic: at t = 850, 900, 950 the x_0 error a
 frame gains from the video's other frames (error with them blanked minus error with them). Rerun on the same --out_dir as the run goes on: measured checkpoints
-are kept and only new ones measured. To have many points, train with a short
+are kept and only new ones measured. --compare draws other runs' curves (the baseline of a lever)
+on the same axes. To have many points, train with a short
 --save_interval and a large --keep_checkpoints.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from video_diffusion import distributed
 from video_diffusion.files import write_json
 from video_diffusion.checkpoints import list_checkpoints
-from video_diffusion.evaluation.curve import measure_checkpoint, plot_curve, references
+from video_diffusion.evaluation.curve import check_comparable, measure_checkpoint, plot_curve, references
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.files import check_output_folder
 from video_diffusion.sampling.loading import load_for_sampling
@@ -38,6 +41,9 @@ def build_parser():
     p.add_argument("--fvd_frames", type=int, default=16, help="frames per generated clip (>= 10) (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--title", default="", help="title of the picture (default: the run directory)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="CURVE_JSON",
+                   help="other runs' curve.json drawn beside this one (a lever beside its baseline); they must "
+                        "have been measured on the same held-out videos with the same --num_videos and --seed")
     add_i3d_flags(p)
     return p
 
@@ -63,7 +69,6 @@ def main(argv=None):
     curve_path = out_dir / "curve.json"
     curve = {"settings": settings, "points": {}}
     if curve_path.exists():
-        import json
         stored = json.loads(curve_path.read_text())
         if stored.get("settings") != settings:
             differ = sorted(k for k in set(settings) | set(stored.get("settings", {}))
@@ -71,11 +76,21 @@ def main(argv=None):
             parser.exit(2, f"{parser.prog}: error: {curve_path} was measured with other settings ({', '.join(differ)}); "
                            "give another --out_dir or the same settings\n")
         curve = stored
+    others = []
+    for name in args.compare:  # read before any measuring: a wrong path should not cost an hour
+        try:
+            others.append((name, json.loads(Path(name).read_text())))
+        except (OSError, ValueError) as e:
+            parser.exit(2, f"{parser.prog}: error: --compare {name}: not a readable curve.json ({e})\n")
     out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in checkpoints if str(int(c.stem.split("_")[-1])) not in curve["points"]]
     ctx = distributed.setup_dist()
-    i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos else None
+    # A curve that is complete is redrawn without loading a network (whose options this code
+    # may no longer build); anything to measure needs one.
+    measuring = bool(todo) or "references" not in curve
+    i3d = load_i3d(args.i3d_weights, ctx.device, args.i3d_torchscript) if args.fvd_videos and measuring else None
     try:
-        cfg, _, _ = load_for_sampling(checkpoints[-1], device=ctx.device)
+        cfg = load_for_sampling(checkpoints[-1], device=ctx.device)[0] if measuring else None
     except (ValueError, FileNotFoundError) as e:
         distributed.cleanup(ctx)
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -84,8 +99,13 @@ def main(argv=None):
         print("references: baselines, perfect model" + (", real-vs-real FVD" if i3d is not None else ""), flush=True)
         curve["references"] = references(cfg, args.num_videos, i3d, args.fvd_videos, args.fvd_frames,
                                          device=ctx.device)
+    for name, other in others:
+        try:
+            check_comparable(curve, other, name)
+        except ValueError as e:
+            distributed.cleanup(ctx)
+            parser.exit(2, f"{parser.prog}: error: --compare {e}\n")
     cache = {}
-    todo = [c for c in checkpoints if str(int(c.stem.split("_")[-1])) not in curve["points"]]
     print(f"{len(checkpoints)} checkpoints in {run_dir}, {len(todo)} to measure", flush=True)
     for path in todo:
         try:
@@ -106,7 +126,7 @@ def main(argv=None):
                   flush=True)
     if ctx.is_main:
         write_json(curve_path, curve)
-        plot_curve(curve, out_dir / "curve.png")
+        plot_curve(curve, out_dir / "curve.png", [other for _, other in others])
         print(f"wrote {curve_path} and {out_dir / 'curve.png'}", flush=True)
     distributed.cleanup(ctx)
     return 0

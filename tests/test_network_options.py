@@ -152,34 +152,3 @@ def test_rotary_attention_trains_and_round_trips_through_a_checkpoint(tmp_path):
     x, t, mask = torch.randn(2, 3, 4, 16, 16), torch.tensor([5, 50]), torch.zeros(2, 4)
     with torch.no_grad():
         assert torch.equal(model(x, t, obs_mask=mask), loop.model.eval()(x, t, obs_mask=mask))
-
-
-def test_given_frame_skip_makes_the_untrained_network_copy_the_given_frames_on(tmp_path):
-    from conftest import loop_for
-    from video_diffusion.checkpoints import find_latest
-    from video_diffusion.config import validate
-    from video_diffusion.sampling.loading import load_for_sampling
-
-    cfg = micro_config(tmp_path, given_frame_input=True, given_frame_skip=True, predict_xstart=True,
-                       max_steps=2, save_interval=2)
-    torch.manual_seed(0)
-    model = create_model(cfg)  # output layer zero: the output is the nearest given frame itself
-    x, t = torch.randn(2, 3, 4, 16, 16), torch.tensor([900, 10])
-    mask = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0]])
-    with torch.no_grad():
-        out = model(x, t, obs_mask=mask)
-    assert torch.equal(out[0], x[0, :, [1, 1, 1, 1]])  # frame 1 carried to every frame
-    assert torch.equal(out[1], torch.zeros_like(out[1]))  # no given frame: nothing added
-    without = create_model(micro_config(given_frame_input=True, predict_xstart=True))
-    without.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        assert torch.equal(without(x, t, obs_mask=mask), torch.zeros_like(out))
-    # it trains, and a checkpoint rebuilds the same network
-    loop = loop_for(cfg)
-    loop.run()
-    _, loaded, _ = load_for_sampling(find_latest(cfg.train.log_dir), use_ema=False)
-    with torch.no_grad():
-        assert torch.equal(loaded(x, t, obs_mask=mask), loop.model.eval()(x, t, obs_mask=mask))
-    for bad in (dict(given_frame_input=False), dict(predict_xstart=False), dict(sigma_data=0.5)):
-        with pytest.raises(ValueError, match="given_frame_skip"):
-            validate(micro_config(**{**dict(given_frame_input=True, given_frame_skip=True, predict_xstart=True), **bad}))

@@ -34,7 +34,6 @@ def create_model(cfg: Config) -> UNet3D:
         conv_type=m.conv_type,
         patch_size=m.patch_size,
         given_frame_input=m.given_frame_input,
-        given_frame_skip=m.given_frame_skip,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,
         norm=m.norm,

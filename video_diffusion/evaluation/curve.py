@@ -23,7 +23,8 @@ perfect model (exact posterior samples, ``perfect.py``), the object tracker, and
 other real clips (what a perfect generator scores with this many clips).
 """
 
-from typing import Dict, List, Optional
+import math
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -190,10 +191,32 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
     return out
 
 
-def plot_curve(curve: Dict, path) -> None:
+def check_comparable(curve: Dict, other: Dict, name: str) -> None:
+    """
+    Refuse to draw ``other`` beside ``curve`` unless both were measured on the same held-out
+    videos with the same sampling seed (same data, same references); ``name`` (its file)
+    goes in the error.
+    """
+    for key in ("num_videos", "seed"):
+        if other.get("settings", {}).get(key) != curve["settings"][key]:
+            raise ValueError(f"{name}: measured with {key} {other.get('settings', {}).get(key)}, this curve with "
+                             f"{curve['settings'][key]}: the curves are not comparable")
+    mine, theirs = curve.get("references", {}), other.get("references", {})
+    for task in [k for k in mine if k != "generation"]:
+        a, b = mine[task]["copy_last_given"], theirs.get(task, {}).get("copy_last_given", {})
+        # the same videos on another CPU round the last digits differently, other videos differ early
+        if set(a) != set(b) or not all(math.isclose(a[m], b[m], rel_tol=1e-6) for m in a):
+            raise ValueError(f"{name}: its {task} baselines differ from this curve's (other data or other "
+                             "held-out videos): the curves are not comparable")
+
+
+def plot_curve(curve: Dict, path, others: Sequence[Dict] = ()) -> None:
     """
     Quality against videos seen: PSNR and SSIM per conditional task, generation FVD and the
     x_0 diagnostic, each with its references as horizontal lines. Written as a PNG.
+
+    :param others: further curves (``check_comparable`` with this one) drawn beside it, each
+        in its own colour and labelled with its title: a lever against its baseline.
     """
     try:
         import matplotlib
@@ -207,6 +230,9 @@ def plot_curve(curve: Dict, path) -> None:
     refs = curve["references"]
     tasks = [k for k in refs if k != "generation"]
     x = [p["videos_seen"] for p in points]
+    run_label = curve.get("title", "model") if others else "model"
+    other_points = [(o.get("title", "other"), colour, sorted(o["points"].values(), key=lambda p: p["step"]))
+                    for o, colour in zip(others, ("tab:red", "tab:gray", "tab:brown", "tab:olive", "tab:cyan"))]
     fig, axes = plt.subplots(2, len(tasks) + 2, figsize=(4.2 * (len(tasks) + 2), 7.2), squeeze=False)
     styles = {"copy_last_given": ("copy last given", "tab:orange", "--"), "black": ("black frame", "k", ":"),
               "object_tracker": ("object tracker", "tab:purple", "-."), "perfect": ("perfect model", "tab:green", "-")}
@@ -214,7 +240,11 @@ def plot_curve(curve: Dict, path) -> None:
         for row, metric in enumerate(("psnr", "ssim")):
             ax = axes[row][col]
             ys = [p[key][metric] for p in points if key in p]
-            ax.plot(x[:len(ys)], ys, "o-", color="tab:blue", label="model")
+            ax.plot(x[:len(ys)], ys, "o-", color="tab:blue", label=run_label)
+            for title, colour, pts in other_points:
+                ax.plot([p["videos_seen"] for p in pts if key in p], [p[key][metric] for p in pts if key in p],
+                        "s-", color=colour, label=title)
+                ys = ys + [p[key][metric] for p in pts if key in p]
             top = max(ys + [refs[key][r][metric] for r in ("copy_last_given", "black")])
             for ref, (label, colour, style) in styles.items():
                 if ref not in refs[key]:
@@ -235,6 +265,9 @@ def plot_curve(curve: Dict, path) -> None:
     if use:
         for i, t in enumerate(use[0][1]["t"]):
             ax.plot([u[0] for u in use], [u[1]["gap"][i] for u in use], "o-", label=f"t = {t}")
+        for title, colour, pts in other_points:  # one level is enough to compare: the first, where it is largest
+            ax.plot([p["videos_seen"] for p in pts], [p["temporal_use"]["gap"][0] for p in pts], "s--",
+                    color=colour, label=f"{title}, t = {pts[0]['temporal_use']['t'][0]}" if pts else title)
         ax.axhline(0, color="k", linewidth=0.5)
         ax.legend(fontsize=7)
     ax.set_title("temporal use: x_0 error gained from the other frames")
@@ -244,7 +277,10 @@ def plot_curve(curve: Dict, path) -> None:
     ax = axes[0][-2]
     fvd = [(p["videos_seen"], p["generation"]["fvd"]) for p in points if "generation" in p]
     if fvd:
-        ax.plot(*zip(*fvd), "o-", color="tab:blue", label="model")
+        ax.plot(*zip(*fvd), "o-", color="tab:blue", label=run_label)
+        for title, colour, pts in other_points:
+            ax.plot([p["videos_seen"] for p in pts if "generation" in p],
+                    [p["generation"]["fvd"] for p in pts if "generation" in p], "s-", color=colour, label=title)
         if "generation" in refs:
             value = refs["generation"]["perfect"]["fvd"]
             ax.axhline(value, color="tab:green", label=f"real vs real clips ({value:.0f})")
@@ -258,6 +294,10 @@ def plot_curve(curve: Dict, path) -> None:
     for p, shade in zip(points, np.linspace(0.3, 1.0, len(points))):
         d = p["x0_from_noise"]
         ax.plot(d["frames"], d["model"], "o-", color=(0.1, 0.3, 0.8, shade), label=f"{p['videos_seen']:,} videos")
+    for title, colour, pts in other_points:
+        if pts:
+            d = pts[-1]["x0_from_noise"]
+            ax.plot(d["frames"], d["model"], "s--", color=colour, label=f"{title}: {pts[-1]['videos_seen']:,} videos")
     if points:
         d = points[-1]["x0_from_noise"]
         ax.plot(d["frames"], d["black"], "k:", label="black frame")

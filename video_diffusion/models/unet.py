@@ -34,11 +34,6 @@ class UNet3D(nn.Module):
         input channels, and its signed distance in time to it as one more, so the content
         to carry forward (a digit's shape and colour, a robot's arm) is at hand locally
         instead of frames away, with how far it has to travel; needs ``mask_input``.
-    :param given_frame_skip: if True, the nearest given frame is added to the output's first
-        ``in_channels`` channels, so an x_0 output is the given content plus the network's
-        change to it (a residual over copying, as residual video diffusion models predict
-        the correction to a deterministic guess); the untrained network copies the given
-        frames on. A video with no given frame adds zeros. Needs ``given_frame_input``.
     :param patch_size: p > 1 folds each p x p patch of a frame into channels before the
         first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
         the network runs at 1/p of the resolution, about p^2 times cheaper per video.
@@ -58,7 +53,7 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1, given_frame_input: bool = False, given_frame_skip: bool = False,
+                 patch_size: int = 1, given_frame_input: bool = False,
                  norm: str = "group", frame_levels: bool = False,
                  attention_position: str = "none", self_condition: bool = False):
         super().__init__()
@@ -67,9 +62,6 @@ class UNet3D(nn.Module):
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
         self.given_frame_input = given_frame_input
-        if given_frame_skip and not given_frame_input:
-            raise ValueError("given_frame_skip needs given_frame_input")
-        self.given_frame_skip = given_frame_skip
         if frame_levels and not mask_input:
             raise ValueError("frame_levels needs mask_input: given frames are the ones at level 0")
         self.frame_levels = frame_levels
@@ -197,8 +189,4 @@ class UNet3D(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        out = unpatchify(self.out[2](norm_act(self.out[0], h)), self.patch_size)
-        if self.given_frame_skip:
-            c = self.in_channels
-            out = torch.cat([out[:, :c] + given.to(out.dtype), out[:, c:]], dim=1)
-        return out
+        return unpatchify(self.out[2](norm_act(self.out[0], h)), self.patch_size)
