@@ -148,6 +148,9 @@ def test_a_lever_is_drawn_beside_its_baseline_only_when_comparable(tmp_path):
     assert (out / "curve.png").stat().st_size > 1000
     proc = run(args + [str(tmp_path / "absent.json")])
     assert proc.returncode == 2 and "absent.json" in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "list.json").write_text("[1, 2]")
+    proc = run(args + [str(tmp_path / "list.json")])
+    assert proc.returncode == 2 and "list.json" in proc.stderr and "not a learning curve" in proc.stderr
     (tmp_path / "other.json").write_text(json.dumps(_curve("baseline", 14.0, copy_psnr=20.0)))
     proc = run(args + [str(tmp_path / "other.json")])
     assert proc.returncode == 2 and "other.json" in proc.stderr and "not comparable" in proc.stderr

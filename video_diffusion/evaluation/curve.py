@@ -23,6 +23,7 @@ perfect model (exact posterior samples, ``perfect.py``), the object tracker, and
 other real clips (what a perfect generator scores with this many clips).
 """
 
+import itertools
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -197,6 +198,8 @@ def check_comparable(curve: Dict, other: Dict, name: str) -> None:
     videos with the same sampling seed (same data, same references); ``name`` (its file)
     goes in the error.
     """
+    if not isinstance(other, dict) or not all(k in other for k in ("settings", "references", "points")):
+        raise ValueError(f"{name}: not a learning curve (a curve.json holds settings, references and points)")
     for key in ("num_videos", "seed"):
         if other.get("settings", {}).get(key) != curve["settings"][key]:
             raise ValueError(f"{name}: measured with {key} {other.get('settings', {}).get(key)}, this curve with "
@@ -232,7 +235,8 @@ def plot_curve(curve: Dict, path, others: Sequence[Dict] = ()) -> None:
     x = [p["videos_seen"] for p in points]
     run_label = curve.get("title", "model") if others else "model"
     other_points = [(o.get("title", "other"), colour, sorted(o["points"].values(), key=lambda p: p["step"]))
-                    for o, colour in zip(others, ("tab:red", "tab:gray", "tab:brown", "tab:olive", "tab:cyan"))]
+                    for o, colour in zip(others, itertools.cycle(("tab:red", "tab:gray", "tab:brown", "tab:olive",
+                                                                   "tab:cyan")))]  # every curve drawn
     fig, axes = plt.subplots(2, len(tasks) + 2, figsize=(4.2 * (len(tasks) + 2), 7.2), squeeze=False)
     styles = {"copy_last_given": ("copy last given", "tab:orange", "--"), "black": ("black frame", "k", ":"),
               "object_tracker": ("object tracker", "tab:purple", "-."), "perfect": ("perfect model", "tab:green", "-")}
