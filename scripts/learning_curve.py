@@ -10,7 +10,10 @@ Per checkpoint: 2 -> T-2 prediction, T/2 -> T/2 prediction and infilling from th
 last frames (PSNR / SSIM over the generated frames, default sampler), generation FVD of
 rolled-out clips, the network's x_0 from pure noise plus 2 frames (mean squared error
 per predicted frame), and the temporal-use diagnostic: at t = 850, 900, 950 the x_0 error a
-frame gains from the video's other frames (error with them blanked minus error with them). Rerun on the same --out_dir as the run goes on: measured checkpoints
+frame gains from the video's other frames (error with them blanked minus error with them), and a
+picture of the network's x_0 from noise and from the truth noised to t = 700 and 400
+(beliefs_<videos>.png: a blur from noise = it does not know what comes next; a wrong shape
+at 400 = it does not use what it sees). Rerun on the same --out_dir as the run goes on: measured checkpoints
 are kept and only new ones measured. --compare draws other runs' curves (the baseline of a lever)
 on the same axes. To have many points, train with a short
 --save_interval and a large --keep_checkpoints.
@@ -110,7 +113,7 @@ def main(argv=None):
     for path in todo:
         try:
             point = measure_checkpoint(path, ctx, args.num_videos, args.seed, i3d, args.fvd_videos, args.fvd_frames,
-                                       real_features_cache=cache)
+                                       real_features_cache=cache, picture_dir=out_dir)
         except (ValueError, FileNotFoundError) as e:  # an unreadable or foreign checkpoint: named, not a traceback
             distributed.cleanup(ctx)
             parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -51,6 +51,7 @@ def test_curve_of_every_checkpoint_with_references_and_resume(run_dir, tmp_path)
     assert use["gap"] == pytest.approx([b - w for b, w in zip(use["others_blanked"], use["with_others"])])
     assert "temporal use t850" in proc.stdout
     assert (out / "curve.png").stat().st_size > 1000
+    assert point["beliefs"] == "beliefs_8.png" and (out / "beliefs_8.png").stat().st_size > 1000
     # a rerun measures nothing again (a marked value survives), other settings are refused
     curve["points"]["2"]["pred2"]["psnr"] = -123.0
     (out / "curve.json").write_text(json.dumps(curve))
@@ -111,6 +112,36 @@ def test_the_temporal_use_diagnostic_sees_pooling_across_frames_and_only_that():
     pooling = FrameMean(create_diffusion(cfg).alphas_cumprod, videos.mean().item(), videos.var().item())
     pooled = temporal_use(cfg, pooling, num_videos=4)
     assert all(g > 1e-4 for g in pooled["gap"]), pooled  # blanking the other frames costs the pooling model
+
+
+def test_the_beliefs_picture_shows_the_truth_and_the_network_s_x0_at_each_level(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from conftest import micro_config
+    from video_diffusion.evaluation.curve import BELIEF_TIMESTEPS, beliefs_picture
+    from video_diffusion.sampling.outputs import to_uint8
+    from video_diffusion.sampling.plan import test_dataset
+    from video_diffusion.visualize import PAD, auto_scale
+
+    cfg = micro_config(predict_xstart=True, seq_len=6, image_size=16, noise_schedule="cosine", diffusion_steps=100)
+    grey = lambda x, t, obs_mask=None: torch.zeros_like(x)  # noqa: E731  (x_0 = mid-grey everywhere)
+    pic = np.asarray(Image.open(beliefs_picture(cfg, grey, tmp_path / "b.png", num_videos=2)))
+    scale, rows = auto_scale(16), 1 + len(BELIEF_TIMESTEPS)
+    side = 16 * scale + 2 * PAD
+    assert pic.shape[:2] == (2 * rows * side + 6, 6 * side)  # 2 videos x (truth + 3 levels), 6 frames
+    truth = to_uint8(torch.stack([test_dataset(cfg, 6)[v]["video"] for v in range(2)]))
+
+    def frame(video, row, f):
+        y, x = (video * rows + row) * side + 6 * video + PAD, f * side + PAD
+        return pic[y:y + 16 * scale:scale, x:x + 16 * scale:scale]
+
+    for v in range(2):
+        for row in range(rows):
+            for f in range(6):
+                if row == 0 or f < 2:  # the truth, and the given frames in every row, as given
+                    assert np.array_equal(frame(v, row, f), truth[v, f]), (v, row, f)
+                else:  # the network's x_0 where it generates
+                    assert (frame(v, row, f) == 128).all(), (v, row, f)
 
 
 def _curve(title, psnr, copy_psnr=14.3, seed=0):

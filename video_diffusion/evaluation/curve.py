@@ -16,7 +16,10 @@ Per checkpoint (``measure_checkpoint``):
   generated video's content is decided, how much the network's x_0 of a frame gains from the
   video's other frames: the error with the other frames blanked (black, noised alike) minus
   the error with them. A network that pools what the frames share across time shows a gap;
-  one that treats each frame alone shows none.
+  one that treats each frame alone shows none;
+- a picture, ``beliefs_picture``: the network's x_0 of 4 held-out videos from pure noise and
+  from their truth noised to t = 700 and 400 (2 frames given), which tells "does not know what
+  comes next" (a blur from noise) from "does not use what it sees" (a wrong shape at 400).
 
 The references (``references``) are computed once per curve: both baselines per task, the
 perfect model (exact posterior samples, ``perfect.py``), the object tracker, and the FVD of real clips against
@@ -25,6 +28,7 @@ other real clips (what a perfect generator scores with this many clips).
 
 import itertools
 import math
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -39,6 +43,7 @@ from ..sampling.options import SampleOptions
 from ..sampling.outputs import to_uint8
 from ..sampling.plan import resolve_plan, task_mask, test_dataset
 from ..sampling.denoiser import make_denoiser
+from ..visualize import auto_scale, grid, strip
 from .tracker import track
 from .fvd import fvd_from_features, i3d_features
 from .metrics import PSNR_CAP
@@ -84,6 +89,41 @@ def x0_from_noise(cfg, model, num_videos: int, num_given: int = 2, seed: int = 0
             "copy_last_given": per_frame(gt[:, :, num_given - 1:num_given].expand_as(gt))}
 
 
+BELIEF_TIMESTEPS = (1000, 700, 400)
+
+
+@torch.no_grad()
+def beliefs_picture(cfg, model, path, num_videos: int = 4, num_given: int = 2, timesteps=BELIEF_TIMESTEPS,
+                    seed: int = 0, device="cpu") -> Path:
+    """
+    What the network believes the clean video is, before any sampling: for the first
+    ``num_videos`` held-out videos, a block of rows (the truth, then the network's x_0 at each
+    of ``timesteps`` of 1000, from the truth noised to that level, the first ``num_given``
+    frames given clean; 1000 is pure noise). A blur at 1000 where the truth is sharp says the
+    network does not know what comes next (the mean over its doubts); a sharp wrong shape at 400,
+    where the noised truth still shows it, says it does not use what it sees. Written to ``path``.
+    """
+    data = test_dataset(cfg, cfg.model.seq_len)
+    gt = torch.stack([data[v]["video"] for v in range(num_videos)]).to(device)
+    n, frames = gt.shape[0], gt.shape[2]
+    mask = task_mask("prediction", n, frames, num_given, "").to(device)
+    diffusion = create_diffusion(cfg, timestep_respacing="")
+    denoise = make_denoiser(diffusion, model, gt, mask)
+    gens = [torch.Generator(device="cpu").manual_seed(seed_of(seed, v, 0xB1)) for v in range(n)]
+    noise = torch.stack([torch.randn(gt.shape[1:], generator=g) for g in gens]).to(device)
+    rows = [gt]
+    for t in timesteps:
+        step = min(diffusion.num_timesteps - 1, round(t * diffusion.num_timesteps / 1000))
+        x_t = diffusion.q_sample(gt, torch.full((n,), step, device=device, dtype=torch.long), noise)
+        x0 = denoise(x_t, step)["pred_xstart"].clamp(-1, 1)
+        rows.append(torch.where(mask[:, None, :, None, None] > 0, gt, x0))  # the given frames as given
+    scale = auto_scale(gt.shape[-1])
+    blocks = [[strip(to_uint8(r[v:v + 1])[0], mask[v].tolist(), scale) for r in rows] for v in range(n)]
+    path = Path(path)
+    grid(blocks).save(path)
+    return path
+
+
 TEMPORAL_USE_TIMESTEPS = (850, 900, 950)
 
 
@@ -124,10 +164,13 @@ def temporal_use(cfg, model, num_videos: int, timesteps=TEMPORAL_USE_TIMESTEPS, 
 
 def measure_checkpoint(path, ctx: distributed.DistContext, num_videos: int = 32, seed: int = 0,
                        i3d=None, fvd_videos: int = 32, fvd_frames: int = 16,
-                       real_features_cache: Optional[Dict] = None) -> Optional[Dict]:
+                       real_features_cache: Optional[Dict] = None, picture_dir=None) -> Optional[Dict]:
     """
     One point of the curve. Every rank calls this; rank 0 gets a dict: step, videos seen
     and, per task key, psnr / ssim (and fvd for "generation"), plus the x_0 diagnostic.
+
+    :param picture_dir: where rank 0 writes the beliefs picture ``beliefs_<videos seen>.png``
+        (named in the point as "beliefs"); None writes none.
     """
     from ..checkpoints import load_checkpoint
     state = load_checkpoint(path)
@@ -148,6 +191,10 @@ def measure_checkpoint(path, ctx: distributed.DistContext, num_videos: int = 32,
     if ctx.is_main:
         point["x0_from_noise"] = x0_from_noise(cfg, model, num_videos, seed=seed, device=ctx.device)
         point["temporal_use"] = temporal_use(cfg, model, num_videos, seed=seed, device=ctx.device)
+        if picture_dir is not None:
+            name = f"beliefs_{point['videos_seen']}.png"
+            beliefs_picture(cfg, model, Path(picture_dir) / name, seed=seed, device=ctx.device)
+            point["beliefs"] = name
         return point
     return None
 
