@@ -299,8 +299,8 @@ class LocalAttentionBlock(_Residual):
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         # [heads, 2T - 1 frame offsets (key frame - query frame + T - 1), window, window, head_dim]
         shape = (num_heads, 2 * num_frames - 1, window, window, head_dim)
-        # small at the start (std 0.02, as Swin's relative bias table), so the block begins as
-        # plain windowed attention: at head_dim ** -0.5 the digits' run stalled at the data's mean
+        # small at the start (std 0.02, as Swin's relative bias table): the block begins as plain
+        # windowed attention and learns which offsets matter
         self.rel_k = nn.Parameter(torch.randn(shape) * 0.02)
         self.rel_v = nn.Parameter(torch.randn(shape) * 0.02)
         self.proj_out = zero_module(nn.Conv3d(channels, channels, 1))
