@@ -2,7 +2,8 @@
 The UNet's building blocks, made 3D: convolutions over (frames, height, width), residual
 blocks that take the timestep embedding, down- and upsampling in space only, attention
 factorized into a spatial and a temporal pass (or one full space-time pass, as RaMViD's, or
-a local one: every frame, a window of space, relative positions), and the patch folding that runs the network at a lower resolution.
+a local one: every frame, a window of space, relative positions), and the patch folding that
+runs the network at a lower resolution.
 """
 
 import torch
