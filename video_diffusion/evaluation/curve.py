@@ -69,20 +69,30 @@ def _options(task: Dict, num_videos: int, seed: int, **extra) -> SampleOptions:
     return SampleOptions(**fields, num_samples=num_videos, seed=seed, **extra)
 
 
+def _held_out_prediction(cfg, model, num_videos: int, num_given: int, seed: int, tag: int, device):
+    """
+    The first ``num_videos`` held-out videos with their first ``num_given`` frames given:
+    (truth, mask, the full-length diffusion, the network's denoiser over them, one noise video
+    per video drawn from its own seed ``seed_of(seed, v, tag)``).
+    """
+    data = test_dataset(cfg, cfg.model.seq_len)
+    gt = torch.stack([data[v]["video"] for v in range(num_videos)]).to(device)
+    mask = task_mask("prediction", gt.shape[0], gt.shape[2], num_given, "").to(device)
+    diffusion = create_diffusion(cfg, timestep_respacing="")
+    gens = [torch.Generator(device="cpu").manual_seed(seed_of(seed, v, tag)) for v in range(num_videos)]
+    noise = torch.stack([torch.randn(gt.shape[1:], generator=g) for g in gens]).to(device)
+    return gt, mask, diffusion, make_denoiser(diffusion, model, gt, mask), noise
+
+
 def x0_from_noise(cfg, model, num_videos: int, num_given: int = 2, seed: int = 0, device="cpu") -> Dict:
     """
     The network's x_0 from pure noise plus the first ``num_given`` frames of the held-out
     videos, at the last timestep: mean squared error (in [-1, 1] units) per predicted frame,
     beside a black frame and a copy of the last given frame.
     """
-    data = test_dataset(cfg, cfg.model.seq_len)
-    gt = torch.stack([data[v]["video"] for v in range(num_videos)]).to(device)
-    n, _, t = gt.shape[:3]
-    mask = task_mask("prediction", n, t, num_given, "").to(device)
-    diffusion = create_diffusion(cfg, timestep_respacing="")
-    gens = [torch.Generator(device="cpu").manual_seed(seed_of(seed, v, 0x0)) for v in range(n)]
-    noise = torch.stack([torch.randn(gt.shape[1:], generator=g) for g in gens]).to(device)
-    x0 = make_denoiser(diffusion, model, gt, mask)(noise, diffusion.num_timesteps - 1)["pred_xstart"]
+    gt, mask, diffusion, denoise, noise = _held_out_prediction(cfg, model, num_videos, num_given, seed, 0x0, device)
+    t = gt.shape[2]
+    x0 = denoise(noise, diffusion.num_timesteps - 1)["pred_xstart"]
     per_frame = lambda pred: ((pred.float() - gt) ** 2).mean(dim=(0, 1, 3, 4))[num_given:].tolist()  # noqa: E731
     return {"frames": list(range(num_given, t)), "model": per_frame(x0),
             "black": per_frame(torch.full_like(gt, -1.0)),
@@ -99,18 +109,12 @@ def beliefs_picture(cfg, model, path, num_videos: int = 4, num_given: int = 2, t
     What the network believes the clean video is, before any sampling: for the first
     ``num_videos`` held-out videos, a block of rows (the truth, then the network's x_0 at each
     of ``timesteps`` of 1000, from the truth noised to that level, the first ``num_given``
-    frames given clean; 1000 is pure noise). A blur at 1000 where the truth is sharp says the
+    frames given clean; 1000 is the last step, noise alone for all purposes). A blur at 1000 where the truth is sharp says the
     network does not know what comes next (the mean over its doubts); a sharp wrong shape at 400,
     where the noised truth still shows it, says it does not use what it sees. Written to ``path``.
     """
-    data = test_dataset(cfg, cfg.model.seq_len)
-    gt = torch.stack([data[v]["video"] for v in range(num_videos)]).to(device)
-    n, frames = gt.shape[0], gt.shape[2]
-    mask = task_mask("prediction", n, frames, num_given, "").to(device)
-    diffusion = create_diffusion(cfg, timestep_respacing="")
-    denoise = make_denoiser(diffusion, model, gt, mask)
-    gens = [torch.Generator(device="cpu").manual_seed(seed_of(seed, v, 0xB1)) for v in range(n)]
-    noise = torch.stack([torch.randn(gt.shape[1:], generator=g) for g in gens]).to(device)
+    gt, mask, diffusion, denoise, noise = _held_out_prediction(cfg, model, num_videos, num_given, seed, 0xB1, device)
+    n = gt.shape[0]
     rows = [gt]
     for t in timesteps:
         step = min(diffusion.num_timesteps - 1, round(t * diffusion.num_timesteps / 1000))
