@@ -27,10 +27,13 @@ from pathlib import Path
 from video_diffusion import distributed
 from video_diffusion.files import write_json
 from video_diffusion.checkpoints import list_checkpoints
-from video_diffusion.evaluation.curve import check_comparable, measure_checkpoint, plot_curve, references
+from video_diffusion.data import embedded_digits
+from video_diffusion.evaluation.curve import (check_comparable, measure_checkpoint, perfect_motion_use, plot_curve,
+                                              references)
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.files import check_output_folder
 from video_diffusion.sampling.loading import load_for_sampling
+from video_diffusion.sampling.plan import test_dataset
 
 
 def build_parser():
@@ -102,6 +105,10 @@ def main(argv=None):
         print("references: baselines, perfect model" + (", real-vs-real FVD" if i3d is not None else ""), flush=True)
         curve["references"] = references(cfg, args.num_videos, i3d, args.fvd_videos, args.fvd_frames,
                                          device=ctx.device)
+    elif cfg is not None and embedded_digits(cfg) and "motion_use" not in curve["references"]:
+        # a curve measured before the motion diagnostic existed gets its reference with its next point
+        curve["references"]["motion_use"] = {"perfect": perfect_motion_use(test_dataset(cfg, cfg.model.seq_len),
+                                                                           args.num_videos)}
     for name, other in others:
         try:
             check_comparable(curve, other, name)
@@ -125,8 +132,9 @@ def main(argv=None):
             fvd = f", FVD {point['generation']['fvd']:.0f}" if "generation" in point else ""
             use = point["temporal_use"]
             gaps = " ".join(f"t{t} {g:+.4f}" for t, g in zip(use["t"], use["gap"]))
-            print(f"step {point['step']} ({point['videos_seen']:,} videos): {summary}{fvd}; temporal use {gaps}",
-                  flush=True)
+            motion = point["x0_from_noise"]["motion_use"]
+            print(f"step {point['step']} ({point['videos_seen']:,} videos): {summary}{fvd}; temporal use {gaps}; "
+                  f"motion use {motion:+.4f}", flush=True)
     if ctx.is_main:
         write_json(curve_path, curve)
         plot_curve(curve, out_dir / "curve.png", [other for _, other in others])

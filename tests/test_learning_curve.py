@@ -46,6 +46,8 @@ def test_curve_of_every_checkpoint_with_references_and_resume(run_dir, tmp_path)
     assert curve["references"]["pred2"]["label"] == "2 -> 4" and curve["references"]["infill"]["label"] == "infill 0,5"
     diag = point["x0_from_noise"]
     assert diag["frames"] == [2, 3, 4, 5] and len(diag["model"]) == 4 and min(diag["black"]) > 0
+    assert len(diag["last_given_only"]) == 4 and "motion use" in proc.stdout
+    assert curve["references"]["motion_use"]["perfect"]["motion_use"] > 0
     use = point["temporal_use"]
     assert use["t"] == [850, 900, 950] and all(w > 0 for w in use["with_others"])
     assert use["gap"] == pytest.approx([b - w for b, w in zip(use["others_blanked"], use["with_others"])])
@@ -112,6 +114,27 @@ def test_the_temporal_use_diagnostic_sees_pooling_across_frames_and_only_that():
     pooling = FrameMean(create_diffusion(cfg).alphas_cumprod, videos.mean().item(), videos.var().item())
     pooled = temporal_use(cfg, pooling, num_videos=4)
     assert all(g > 1e-4 for g in pooled["gap"]), pooled  # blanking the other frames costs the pooling model
+
+
+def test_motion_use_is_what_the_earlier_given_frame_adds_and_the_perfect_model_shows_it():
+    from conftest import micro_config
+    from video_diffusion.evaluation.curve import perfect_motion_use, x0_from_noise
+    from video_diffusion.sampling.plan import test_dataset
+
+    cfg = micro_config(predict_xstart=True, seq_len=6, image_size=16, noise_schedule="cosine", diffusion_steps=100)
+    # x_0 of every frame = frame 1 of the input (the last given frame): frame 0 changes nothing
+    carries_last = lambda x, t, obs_mask=None: x[:, :, 1:2].expand_as(x).clone()  # noqa: E731
+    # x_0 of every frame = frame 0 of the input: given, it is a clean frame; not given, noise
+    reads_first = lambda x, t, obs_mask=None: x[:, :, 0:1].expand_as(x).clone()  # noqa: E731
+    last = x0_from_noise(cfg, carries_last, num_videos=3)
+    assert last["motion_use"] == 0.0 and last["last_given_only"] == last["model"]
+    first = x0_from_noise(cfg, reads_first, num_videos=3)
+    assert len(first["last_given_only"]) == 4 and first["motion_use"] > 0.5  # noise against a clean frame
+    assert first["motion_use"] == pytest.approx(sum(first["last_given_only"]) / 4 - sum(first["model"]) / 4)
+    # the perfect model knows the motion from two frames (exact up to occlusions) and not from one
+    perfect = perfect_motion_use(test_dataset(cfg, 6), num_videos=3, samples=4)
+    assert max(perfect["model"]) < 1e-3 < perfect["motion_use"]
+    assert all(a >= b for a, b in zip(perfect["last_given_only"], perfect["model"]))
 
 
 def test_the_beliefs_picture_shows_the_truth_and_the_network_s_x0_at_each_level(tmp_path):

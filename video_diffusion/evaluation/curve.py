@@ -12,6 +12,9 @@ Per checkpoint (``measure_checkpoint``):
   squared error per predicted frame. It shows what the network has learned to carry forward
   before any sampler is involved: a network that has learned motion is near 0 on the first
   predicted frames, one that has learned only the data's look sits near the black frame;
+- with it, "motion use": how much that x_0 gains from the earlier given frame (the error
+  with the last given frame alone minus the error with both). Two frames are what tell a
+  velocity; a network that only carries the nearest given frame forward gains nothing;
 - the diagnostic ``temporal_use``: at high noise (t = 850, 900, 950 of 1000), where a
   generated video's content is decided, how much the network's x_0 of a frame gains from the
   video's other frames: the error with the other frames blanked (black, noised alike) minus
@@ -89,14 +92,47 @@ def x0_from_noise(cfg, model, num_videos: int, num_given: int = 2, seed: int = 0
     The network's x_0 from pure noise plus the first ``num_given`` frames of the held-out
     videos, at the last timestep: mean squared error (in [-1, 1] units) per predicted frame,
     beside a black frame and a copy of the last given frame.
+
+    Also the same x_0 with only the last given frame given (the earlier ones noise, as a
+    generated frame is; the same noise), per frame ("last_given_only"), and its mean excess
+    over the first ("motion_use"). Motion needs two frames: a network that reads a velocity
+    off the given frames is better with them all, one that only carries the nearest given
+    frame forward scores the same either way (0). On the embedded digits the perfect model's
+    figure is in the curve's references (``perfect_motion_use``).
     """
     gt, mask, diffusion, denoise, noise = _held_out_prediction(cfg, model, num_videos, num_given, seed, 0x0, device)
     t = gt.shape[2]
     x0 = denoise(noise, diffusion.num_timesteps - 1)["pred_xstart"]
+    last_only = torch.zeros_like(mask)
+    last_only[:, num_given - 1] = 1
+    x0_last = make_denoiser(diffusion, model, gt, last_only)(noise, diffusion.num_timesteps - 1)["pred_xstart"]
     per_frame = lambda pred: ((pred.float() - gt) ** 2).mean(dim=(0, 1, 3, 4))[num_given:].tolist()  # noqa: E731
-    return {"frames": list(range(num_given, t)), "model": per_frame(x0),
+    model_err, last_err = per_frame(x0), per_frame(x0_last)
+    return {"frames": list(range(num_given, t)), "model": model_err,
             "black": per_frame(torch.full_like(gt, -1.0)),
-            "copy_last_given": per_frame(gt[:, :, num_given - 1:num_given].expand_as(gt))}
+            "copy_last_given": per_frame(gt[:, :, num_given - 1:num_given].expand_as(gt)),
+            "last_given_only": last_err, "motion_use": float(np.mean(last_err) - np.mean(model_err))}
+
+
+def perfect_motion_use(data, num_videos: int, num_given: int = 2, samples: int = 16, seed: int = 0) -> Dict:
+    """
+    ``x0_from_noise``'s "motion_use" for the perfect model of the embedded digits: the mean
+    squared error per predicted frame of its posterior mean (the average of ``samples`` exact
+    posterior samples, ``perfect.py``) from the first ``num_given`` frames and from the last
+    of them alone, and the mean difference. With two frames the motion is known (error ~0);
+    from one the velocity is open, and the mean blurs over it.
+    """
+    from .perfect import perfect_samples
+
+    errors = {}
+    for key, given in (("model", list(range(num_given))), ("last_given_only", [num_given - 1])):
+        sq = []
+        for v in range(num_videos):
+            gt = data.frames(v).astype(np.float64) / 127.5 - 1.0
+            mean = perfect_samples(data, v, given, samples, seed=seed).astype(np.float64).mean(axis=0) / 127.5 - 1.0
+            sq.append(((mean - gt) ** 2).mean(axis=(1, 2, 3))[num_given:])
+        errors[key] = np.mean(sq, axis=0).tolist()
+    return {**errors, "motion_use": float(np.mean(errors["last_given_only"]) - np.mean(errors["model"]))}
 
 
 BELIEF_TIMESTEPS = (1000, 700, 400)
@@ -209,7 +245,8 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
     What a curve is drawn against, per task key: "copy_last_given" and "black" (PSNR / SSIM),
     "perfect" (the exact posterior's mean PSNR / SSIM) and "object_tracker" (``evaluation.tracker``),
     both on embedded digits only, and, for
-    generation, the FVD of other real clips against the test clips.
+    generation, the FVD of other real clips against the test clips. On the embedded digits also
+    "motion_use": the perfect model's ``perfect_motion_use``.
     """
     out: Dict = {}
     data = test_dataset(cfg, cfg.model.seq_len)
@@ -232,6 +269,8 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
             entry["perfect"] = {"psnr": p["psnr_mean"], "ssim": p["ssim_mean"]}
             entry["object_tracker"] = set_scores(tracked)
         out[task["key"]] = entry
+    if digits:
+        out["motion_use"] = {"perfect": perfect_motion_use(data, num_videos)}
     if i3d is not None and fvd_videos and embedded:
         test = test_dataset(cfg, fvd_frames)
         other = create_dataset(cfg, seq_len=fvd_frames, seed_offset=OTHER_REAL_SEED)
@@ -241,6 +280,11 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
         out["generation"] = {"label": f"generation FVD ({fvd_videos} clips of {fvd_frames} frames)",
                              "perfect": {"fvd": fvd_from_features(feats[1], feats[0])}}
     return out
+
+
+def conditional_tasks(refs: Dict) -> List[str]:
+    """The keys of a curve's references that are conditional tasks (with both baselines)."""
+    return [k for k, v in refs.items() if "copy_last_given" in v]
 
 
 def check_comparable(curve: Dict, other: Dict, name: str) -> None:
@@ -256,7 +300,7 @@ def check_comparable(curve: Dict, other: Dict, name: str) -> None:
             raise ValueError(f"{name}: measured with {key} {other.get('settings', {}).get(key)}, this curve with "
                              f"{curve['settings'][key]}: the curves are not comparable")
     mine, theirs = curve.get("references", {}), other.get("references", {})
-    for task in [k for k in mine if k != "generation"]:
+    for task in conditional_tasks(mine):
         a, b = mine[task]["copy_last_given"], theirs.get(task, {}).get("copy_last_given", {})
         # the same videos on another CPU round the last digits differently, other videos differ early
         if set(a) != set(b) or not all(math.isclose(a[m], b[m], rel_tol=1e-6) for m in a):
@@ -282,7 +326,7 @@ def plot_curve(curve: Dict, path, others: Sequence[Dict] = ()) -> None:
 
     points = sorted(curve["points"].values(), key=lambda p: p["step"])
     refs = curve["references"]
-    tasks = [k for k in refs if k != "generation"]
+    tasks = conditional_tasks(refs)
     x = [p["videos_seen"] for p in points]
     run_label = curve.get("title", "model") if others else "model"
     other_points = [(o.get("title", "other"), colour, sorted(o["points"].values(), key=lambda p: p["step"]))
@@ -328,7 +372,28 @@ def plot_curve(curve: Dict, path, others: Sequence[Dict] = ()) -> None:
     ax.set_title("temporal use: x_0 error gained from the other frames")
     ax.set_xlabel("videos seen")
     ax.grid(alpha=0.3)
-    axes[1][-1].axis("off")
+    ax = axes[1][-1]
+    motion = [(p["videos_seen"], p["x0_from_noise"]["motion_use"]) for p in points
+              if "motion_use" in p.get("x0_from_noise", {})]  # curves measured before it existed have none
+    if motion:
+        ax.plot(*zip(*motion), "o-", color="tab:blue", label=run_label)
+    for title, colour, pts in other_points:
+        pts = [p for p in pts if "motion_use" in p.get("x0_from_noise", {})]
+        if pts:
+            ax.plot([p["videos_seen"] for p in pts], [p["x0_from_noise"]["motion_use"] for p in pts], "s-",
+                    color=colour, label=title)
+    if "motion_use" in refs:
+        value = refs["motion_use"]["perfect"]["motion_use"]
+        ax.axhline(value, color="tab:green", label=f"perfect model ({value:.3f})")
+    ax.axhline(0, color="k", linewidth=0.5)
+    if not motion and not any("motion_use" in p.get("x0_from_noise", {}) for _, _, pts in other_points for p in pts):
+        ax.text(0.5, 0.5, "not measured (curve older than the diagnostic)", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=7)
+    ax.set_title("motion use: x_0 gain from the earlier given frame")
+    ax.set_xlabel("videos seen")
+    ax.grid(alpha=0.3)
     ax = axes[0][-2]
     fvd = [(p["videos_seen"], p["generation"]["fvd"]) for p in points if "generation" in p]
     if fvd:
