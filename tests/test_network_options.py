@@ -61,16 +61,21 @@ def test_nearest_given_frames_by_hand():
     assert given[0, 0, :, 0, 0].tolist() == [1, 1, 1, 4, 4, 4]  # frame 2 is 1 from frame 1, 2 from frame 4
     assert (offset[0] * 6).round().tolist() == [-1, 0, 1, -1, 0, 1]
     assert not given[1].any() and not offset[1].any()  # nothing given: zeros
+    second, offset2 = nearest_given_frames(x, mask, rank=1)
+    assert second[0, 0, :, 0, 0].tolist() == [4, 4, 4, 1, 1, 1]  # the other given frame, ties as before
+    assert (offset2[0] * 6).round().tolist() == [-4, -3, -2, 2, 3, 4]
+    one = torch.tensor([[0, 0, 1, 0, 0, 0]])
+    assert torch.equal(nearest_given_frames(x[:1], one, rank=1)[0], nearest_given_frames(x[:1], one)[0])  # only one
 
 
-def first_layer_change_at_frame_7(given_frame_input):
+def first_layer_change_at_frame_7(given_frame_input, given_frames=1, given=(0,)):
     """How much the first layer's output at frame 7 moves when the given frame 0 changes."""
-    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=given_frame_input)
+    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=given_frame_input, given_frames=given_frames)
     seen = []
     model.input_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o))
     x = torch.randn(1, 3, 8, 16, 16)
     mask = torch.zeros(1, 8)
-    mask[0, 0] = 1
+    mask[0, list(given)] = 1
     x2 = x.clone()
     x2[:, :, 0] += 1.0
     for v in (x, x2):
@@ -86,6 +91,18 @@ def test_given_frame_input_brings_the_given_frame_to_every_frame_at_the_first_la
     assert model.input_blocks[0][0].in_channels == 3 + 3 + 1 + 1  # frames, nearest given frames, mask, distance
     with pytest.raises(ValueError, match="mask_input"):
         make(given_frame_input=True, mask_input=False)
+
+
+def test_two_given_frames_bring_the_earlier_given_frame_to_every_frame_too():
+    # frames 0 and 1 given: frame 7's nearest is frame 1; only with two does it see frame 0 at once
+    assert first_layer_change_at_frame_7(True, given_frames=1, given=(0, 1)) == 0
+    assert first_layer_change_at_frame_7(True, given_frames=2, given=(0, 1)) > 0
+    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=True, given_frames=2)
+    assert model.input_blocks[0][0].in_channels == 3 + 2 * 3 + 1 + 2  # frames, two given frames, mask, distances
+    with pytest.raises(ValueError, match="given_frames must be 1 or 2"):
+        make(given_frame_input=True, given_frames=3)
+    with pytest.raises(ValueError, match="--given_frames 2 needs --given_frame_input"):
+        validate(micro_config(given_frames=2, given_frame_input=False))
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
@@ -191,7 +208,8 @@ def test_local_attention_refuses_what_it_cannot_build(flags, bad):
 
 
 @pytest.mark.parametrize("flags,marker", [(dict(attention_position="rope", attention_type="factorized"), "rope"),
-                                          (dict(attention_type="local", attention_window=3), "local")])
+                                          (dict(attention_type="local", attention_window=3), "local"),
+                                          (dict(given_frame_input=True, given_frames=2), "given")])
 def test_attention_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest
@@ -201,8 +219,9 @@ def test_attention_options_train_and_round_trip_through_a_checkpoint(tmp_path, f
     cfg = micro_config(tmp_path, max_steps=3, save_interval=3, **flags)
     loop = loop_for(cfg)
     loop.run()
-    used = ({m for m in loop.model.modules() if getattr(m, "position", None) == "rope"} if marker == "rope"
-            else {m for m in loop.model.modules() if isinstance(m, LocalAttentionBlock)})
+    used = {"rope": {m for m in loop.model.modules() if getattr(m, "position", None) == "rope"},
+            "local": {m for m in loop.model.modules() if isinstance(m, LocalAttentionBlock)},
+            "given": {m for m in loop.model.modules() if getattr(m, "given_frames", 0) == 2}}[marker]
     assert used
     _, model, _ = load_for_sampling(find_latest(cfg.train.log_dir), use_ema=False)
     x, t, mask = torch.randn(2, 3, 4, 16, 16), torch.tensor([5, 50]), torch.zeros(2, 4)

@@ -34,6 +34,7 @@ def create_model(cfg: Config) -> UNet3D:
         conv_type=m.conv_type,
         patch_size=m.patch_size,
         given_frame_input=m.given_frame_input,
+        given_frames=m.given_frames,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,
         norm=m.norm,

@@ -50,6 +50,9 @@ class ModelConfig:
     mask_input: bool = _f(True, "tell the network which frames are observed (False = RaMViD's unaware network)")
     given_frame_input: bool = _f(False, "also give every frame the nearest given frame as input channels "
                                         "(content to carry forward is at hand locally); needs --mask_input")
+    given_frames: int = _f(1, "how many nearest given frames --given_frame_input gives every frame: 1, or 2 (the "
+                              "second nearest too, so a motion between two given frames is visible at each "
+                              "frame's own place)")
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
@@ -227,6 +230,10 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError(f"--channel_mult must be positive integers, got {m.channel_mult!r}")
     if m.given_frame_input and not m.mask_input:
         raise ValueError("--given_frame_input needs --mask_input true: the network must know which frames are given")
+    if m.given_frames not in (1, 2):
+        raise ValueError(f"--given_frames must be 1 or 2, got {m.given_frames}")
+    if m.given_frames == 2 and not m.given_frame_input:
+        raise ValueError("--given_frames 2 needs --given_frame_input true (it is how many it gives)")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

@@ -17,14 +17,16 @@ ATTENTION_TYPES = ("factorized", "full", "local")
 CONV_TYPES = ("3d", "2+1d")
 
 
-def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor):
+def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor, rank: int = 0):
     """
     For every frame, the given frame nearest to it in time (the earlier one on a tie) and
-    how far away it is; zeros for a video with no given frame.
+    how far away it is; zeros for a video with no given frame. With ``rank`` r > 0, the
+    (r+1)-th nearest instead, or the nearest where a video gives no more than r frames.
 
     :param x: [N, C, T, H, W], the given frames holding their clean values.
     :param obs_mask: [N, T], 1 on given frames.
-    :return: ([N, C, T, H, W] the nearest given frames, [N, T] signed offsets frame - source
+    :param rank: 0 for the nearest given frame, 1 for the second nearest, ...
+    :return: ([N, C, T, H, W] the chosen given frames, [N, T] signed offsets frame - source
         divided by T).
     """
     t = x.shape[2]
@@ -32,8 +34,10 @@ def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor):
     # distance to every given frame; a tiny cost per index breaks ties towards the earlier one
     cost = (frames[None, :, None] - frames[None, None, :]).abs() + 1e-3 * frames[None, None, :]
     cost = cost + (1 - obs_mask.float())[:, None, :] * 1e6  # [N, T (to), T (from)]
-    source = cost.argmin(dim=2)  # [N, T]
-    any_given = obs_mask.any(dim=1).to(x.dtype)
+    order = cost.argsort(dim=2)  # [N, T, T]: given frames first, nearest first
+    count = obs_mask.bool().sum(dim=1)  # [N]
+    source = torch.where((count > rank)[:, None], order[:, :, min(rank, t - 1)], order[:, :, 0])  # [N, T]
+    any_given = (count > 0).to(x.dtype)
     picked = torch.gather(x, 2, source[:, None, :, None, None].expand_as(x)) * any_given[:, None, None, None, None]
     offset = (frames[None, :] - source.float()) / t * any_given[:, None]
     return picked, offset.to(x.dtype)

@@ -36,6 +36,10 @@ class UNet3D(nn.Module):
         input channels, and its signed distance in time to it as one more, so the content
         to carry forward (a digit's shape and colour, a robot's arm) is at hand locally
         instead of frames away, with how far it has to travel; needs ``mask_input``.
+    :param given_frames: how many nearest given frames ``given_frame_input`` gives (1 or 2).
+        With 2 the second nearest comes too (the nearest again where only one is given), so a
+        motion between two given frames is visible at every frame's own place, to the first
+        convolution, instead of only after features have travelled between frames.
     :param patch_size: p > 1 folds each p x p patch of a frame into channels before the
         first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
         the network runs at 1/p of the resolution, about p^2 times cheaper per video.
@@ -55,7 +59,7 @@ class UNet3D(nn.Module):
                  dropout: float = 0.0, attention_type: str = "factorized", num_heads: int = 4,
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
-                 patch_size: int = 1, given_frame_input: bool = False,
+                 patch_size: int = 1, given_frame_input: bool = False, given_frames: int = 1,
                  norm: str = "group", frame_levels: bool = False,
                  attention_position: str = "none", self_condition: bool = False, num_frames: Optional[int] = None,
                  attention_window: int = 7):
@@ -64,7 +68,10 @@ class UNet3D(nn.Module):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if given_frame_input and not mask_input:
             raise ValueError("given_frame_input needs mask_input: the network must know which frames are given")
+        if given_frames not in (1, 2):
+            raise ValueError(f"given_frames must be 1 or 2, got {given_frames}")
         self.given_frame_input = given_frame_input
+        self.given_frames = given_frames if given_frame_input else 0
         if frame_levels and not mask_input:
             raise ValueError("frame_levels needs mask_input: given frames are the ones at level 0")
         self.frame_levels = frame_levels
@@ -100,8 +107,8 @@ class UNet3D(nn.Module):
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepSequential(
-            conv3d(in_channels * patch_size ** 2 * (1 + int(given_frame_input) + int(self_condition))
-                   + int(mask_input) + int(given_frame_input), ch))])
+            conv3d(in_channels * patch_size ** 2 * (1 + self.given_frames + int(self_condition))
+                   + int(mask_input) + self.given_frames, ch))])
         skip_channels = [ch]
         ds = patch_size
         for level, mult in enumerate(channel_mult):
@@ -172,18 +179,19 @@ class UNet3D(nn.Module):
             raise ValueError("x_self_cond was passed to a network built without self_condition")
         if x_self_cond is not None and x_self_cond.shape != x.shape:
             raise ValueError(f"x_self_cond must have the shape of x {tuple(x.shape)}, got {tuple(x_self_cond.shape)}")
-        offset = given = None
+        offsets = []
         inputs = [x]
-        if self.given_frame_input:
-            given, offset = nearest_given_frames(x, obs_mask)
+        for rank in range(self.given_frames):
+            given, offset = nearest_given_frames(x, obs_mask, rank)
             inputs.append(given)
+            offsets.append(offset)
         if self.self_condition:
             inputs.append(torch.zeros_like(x) if x_self_cond is None else x_self_cond.to(x.dtype))
         x = torch.cat(inputs, dim=1) if len(inputs) > 1 else x
         x = patchify(x, self.patch_size)
         if self.mask_input:
             n, _, t, h, w = x.shape
-            per_frame = [obs_mask.to(x.dtype)] + ([offset] if offset is not None else [])
+            per_frame = [obs_mask.to(x.dtype)] + offsets
             x = torch.cat([x] + [v[:, None, :, None, None].expand(n, 1, t, h, w) for v in per_frame], dim=1)
         if self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
             x = x.contiguous(memory_format=torch.channels_last_3d)  # match the weights' layout
