@@ -157,70 +157,25 @@ def test_rotary_positions_tell_the_frames_apart_and_only_their_offsets_count(axe
     assert not torch.allclose(qs[1] @ ks[3], qs[1] @ ks[4], atol=1e-3)
 
 
-def test_local_attention_sees_its_window_in_every_frame_and_tells_offsets_apart():
-    from video_diffusion.models.blocks import AttentionBlock, LocalAttentionBlock
-
-    torch.manual_seed(0)
-    c, frames, size = 16, 5, 6
-    x = torch.randn(2, c, frames, size, size)
-    # a window that covers the frame, without relative positions, is full space-time attention
-    local = LocalAttentionBlock(c, frames, window=2 * size - 1, num_heads=2)
-    full = AttentionBlock(c, "spacetime", num_heads=2)
-    torch.nn.init.normal_(local.proj_out.weight)
-    full.load_state_dict({k: v for k, v in local.state_dict().items() if not k.startswith("rel_")})
-    with torch.no_grad():
-        local.rel_k.zero_()
-        local.rel_v.zero_()
-        assert torch.allclose(local(x), full(x), atol=1e-5)
-    # a 3 x 3 window: a change at one place reaches its neighbours in every frame, and nothing further
-    # (normalised per position: GroupNorm's statistics would carry a change everywhere)
-    local = LocalAttentionBlock(c, frames, window=3, num_heads=2, norm="channel")
-    torch.nn.init.normal_(local.proj_out.weight)
-    moved = x.clone()
-    moved[:, :, 0, 4, 4] += torch.randn(2, c)
-    with torch.no_grad():
-        change = (local(moved) - local(x)).abs().amax(dim=(0, 1))  # [T, H, W]
-    near = torch.zeros(size, size, dtype=torch.bool)
-    near[3:6, 3:6] = True
-    assert (change[:, near] > 1e-4).all() and (change[:, ~near] == 0).all()
-    # relative positions: permuting the frames does not permute the output (it would without them)
-    order = torch.tensor([3, 0, 4, 1, 2])
-    with torch.no_grad():
-        assert not torch.allclose(local(x[:, :, order]), local(x)[:, :, order], atol=1e-3)
-    # ...but a shift in space shifts the output wherever the windows stay inside the frame
-    with torch.no_grad():
-        a, b = local(x), local(torch.roll(x, 1, dims=4))
-    assert torch.allclose(a[..., 1:4], b[..., 2:5], atol=1e-5)
-    # its relative positions learn
-    local(x).square().mean().backward()
-    assert local.rel_k.grad.abs().sum() > 0 and local.rel_v.grad.abs().sum() > 0
-    # fewer frames than it was built for (a shorter clip) are fine, more are refused
-    assert local(x[:, :, :3]).shape == (2, c, 3, size, size)
-    with pytest.raises(ValueError, match="at most 5 frames"):
-        local(torch.randn(1, c, 6, size, size))
-
-
-@pytest.mark.parametrize("flags,bad", [(dict(attention_window=4), "--attention_window must be an odd"),
-                                       (dict(attention_position="rope"), "--attention_position rope")])
-def test_local_attention_refuses_what_it_cannot_build(flags, bad):
-    with pytest.raises(ValueError, match=bad):
-        validate(micro_config(attention_type="local", **flags))
+def test_removed_local_attention_is_refused_by_name():
+    with pytest.raises(ValueError, match="'local' was removed"):
+        validate(micro_config(attention_type="local"))
+    from video_diffusion.models.blocks import attention
+    with pytest.raises(ValueError, match="attention_type must be one of"):  # no silent fall-back to factorized
+        attention(16, "local", 2, -1, False)
 
 
 @pytest.mark.parametrize("flags,marker", [(dict(attention_position="rope", attention_type="factorized"), "rope"),
-                                          (dict(attention_type="local", attention_window=3), "local"),
                                           (dict(given_frame_input=True, given_frames=2), "given")])
-def test_attention_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
+def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest
-    from video_diffusion.models.blocks import LocalAttentionBlock
     from video_diffusion.sampling.loading import load_for_sampling
 
     cfg = micro_config(tmp_path, max_steps=3, save_interval=3, **flags)
     loop = loop_for(cfg)
     loop.run()
     used = {"rope": {m for m in loop.model.modules() if getattr(m, "position", None) == "rope"},
-            "local": {m for m in loop.model.modules() if isinstance(m, LocalAttentionBlock)},
             "given": {m for m in loop.model.modules() if getattr(m, "given_frames", 0) == 2}}[marker]
     assert used
     _, model, _ = load_for_sampling(find_latest(cfg.train.log_dir), use_ema=False)

@@ -39,8 +39,6 @@ def create_model(cfg: Config) -> UNet3D:
         self_condition=m.self_condition,
         norm=m.norm,
         attention_position=m.attention_position,
-        num_frames=m.seq_len,
-        attention_window=m.attention_window,
         num_classes=m.num_classes or None,
     )
 

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from .nn import norm_act, normalization, zero_module
 
-ATTENTION_TYPES = ("factorized", "full", "local")
+ATTENTION_TYPES = ("factorized", "full")
 CONV_TYPES = ("3d", "2+1d")
 
 
@@ -277,78 +277,13 @@ class AttentionBlock(_Residual):
         return x + self.proj_out(out.reshape(n, c, t, h, w))
 
 
-class LocalAttentionBlock(_Residual):
-    """
-    Multi-head attention from every position of every frame to a ``window`` x ``window``
-    neighbourhood around the same place in all frames (its own included), with learned
-    relative positions in the keys and in the values (Shaw et al. 2018), one embedding per
-    offset (frames, rows, columns).
-
-    Why: carrying content through time is a matter of comparing a place in one frame with
-    places nearby in another. A score that depends on the query's content and on the offset
-    (q . (k + a_K[offset])) lets a query prefer "that offset in the given frame"; an output
-    that holds sum attn * a_V[offset] tells the next layer where the match was. Windowed, it
-    costs T * window^2 keys per query instead of T * H * W, so it can run at the finest level.
-    """
-
-    def __init__(self, channels, num_frames, window=7, num_heads=1, num_head_channels=-1, use_checkpoint=False,
-                 norm="group"):
-        super().__init__()
-        num_heads = _heads(channels, num_heads, num_head_channels)
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"the local attention window must be an odd number of cells >= 1, got {window}")
-        self.num_heads, self.window, self.num_frames = num_heads, window, num_frames
-        self.use_checkpoint = use_checkpoint
-        head_dim = channels // num_heads
-        self.norm = normalization(channels, norm)
-        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
-        # [heads, 2T - 1 frame offsets (key frame - query frame + T - 1), window, window, head_dim]
-        shape = (num_heads, 2 * num_frames - 1, window, window, head_dim)
-        # small at the start (std 0.02, as Swin's relative bias table): the block begins as plain
-        # windowed attention and learns which offsets matter
-        self.rel_k = nn.Parameter(torch.randn(shape) * 0.02)
-        self.rel_v = nn.Parameter(torch.randn(shape) * 0.02)
-        self.proj_out = zero_module(nn.Conv3d(channels, channels, 1))
-
-    def _forward(self, x):
-        n, c, t, h, w = x.shape
-        if t > self.num_frames:
-            raise ValueError(f"local attention was built for at most {self.num_frames} frames (--seq_len), got {t}")
-        heads, dh, win, r = self.num_heads, c // self.num_heads, self.window, self.window // 2
-        qkv = self.qkv(norm_act(self.norm, x, act=False)).reshape(n, 3, heads, dh, t, h, w)
-        q = qkv[:, 0].permute(0, 1, 3, 4, 5, 2) * dh ** -0.5  # [N, heads, T, H, W, dh]
-
-        def windows(z):  # [N, heads, dh, T, H, W] -> [N, heads, T, H, W, dh, win, win] (zeros outside the frame)
-            z = F.pad(z.permute(0, 1, 3, 4, 5, 2), (0, 0, r, r, r, r))
-            return z.unfold(3, win, 1).unfold(4, win, 1)
-
-        k, v = windows(qkv[:, 1]), windows(qkv[:, 2])
-        # rows / columns of a window that fall outside the frame take no part
-        inside = F.pad(torch.ones(h, w, device=x.device), (r, r, r, r)).unfold(0, win, 1).unfold(1, win, 1) > 0
-        # frame offsets: query frame i sees key frame j through embedding row j - i + num_frames - 1
-        rows = [slice(self.num_frames - 1 - i, self.num_frames - 1 - i + t) for i in range(t)]
-        scores = torch.einsum("nhtyxd,nhsyxdij->nhtyxsij", q, k)
-        scores = scores + torch.stack([torch.einsum("nhyxd,hsijd->nhyxsij", q[:, :, i], self.rel_k[:, rows[i]])
-                                       for i in range(t)], dim=2)
-        scores = scores.masked_fill(~inside[:, :, None], float("-inf"))
-        attn = scores.flatten(-3).softmax(dim=-1).view_as(scores)
-        out = torch.einsum("nhtyxsij,nhsyxdij->nhtyxd", attn, v)
-        out = out + torch.stack([torch.einsum("nhyxsij,hsijd->nhyxd", attn[:, :, i], self.rel_v[:, rows[i]])
-                                 for i in range(t)], dim=2)
-        return x + self.proj_out(out.permute(0, 1, 5, 2, 3, 4).reshape(n, c, t, h, w))
-
-
 def attention(channels, attention_type, num_heads, num_head_channels, use_checkpoint, norm="group",
-              position="none", num_frames=None, window=7) -> nn.Module:
-    """Factorized space-then-time attention, one full space-time attention, or local attention
-    (every frame, a window of space; ``num_frames`` and ``window`` are its)."""
-    if attention_type == "local":
-        if position != "none":
-            raise ValueError(f"attention position {position!r}: local attention carries its own relative "
-                             "positions; leave the position 'none'")
-        return LocalAttentionBlock(channels, num_frames, window, num_heads, num_head_channels, use_checkpoint, norm)
+              position="none") -> nn.Module:
+    """Factorized space-then-time attention, or one full space-time attention."""
     if attention_type == "full":
         return AttentionBlock(channels, "spacetime", num_heads, num_head_channels, use_checkpoint, norm, position)
+    if attention_type != "factorized":
+        raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
     return nn.Sequential(
         AttentionBlock(channels, "space", num_heads, num_head_channels, use_checkpoint, norm, position),
         AttentionBlock(channels, "time", num_heads, num_head_channels, use_checkpoint, norm, position),

@@ -27,9 +27,7 @@ class UNet3D(nn.Module):
     :param num_res_blocks: residual blocks per resolution level.
     :param attention_resolutions: frame sizes (in pixels) at which attention is used.
     :param channel_mult: width multiplier per level; len(channel_mult) - 1 downsamplings.
-    :param attention_type: "factorized" (space then time), "full" (space-time, as RaMViD) or
-        "local" (every frame, an ``attention_window`` square of space around the same place,
-        relative positions in keys and values; needs ``num_frames``, the most frames a video has).
+    :param attention_type: "factorized" (space then time) or "full" (space-time, as RaMViD).
     :param mask_input: if True, the network gets ``obs_mask`` as an extra input channel.
     :param conv_type: "3d" (3x3x3 convolutions in the residual blocks) or "2+1d" (factorised).
     :param given_frame_input: if True, every frame also gets the nearest given frame as
@@ -61,8 +59,7 @@ class UNet3D(nn.Module):
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, given_frames: int = 1,
                  norm: str = "group", frame_levels: bool = False,
-                 attention_position: str = "none", self_condition: bool = False, num_frames: Optional[int] = None,
-                 attention_window: int = 7):
+                 attention_position: str = "none", self_condition: bool = False):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -83,8 +80,6 @@ class UNet3D(nn.Module):
             raise ValueError(f"conv_type must be one of {CONV_TYPES}, got {conv_type!r}")
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
-        if attention_type == "local" and not num_frames:
-            raise ValueError("local attention needs num_frames: it learns one position per frame offset")
         self.downsampling = patch_size * 2 ** (len(channel_mult) - 1)
         if image_size % self.downsampling:
             raise ValueError(f"--image_size {image_size} is not divisible by the total downsampling "
@@ -101,8 +96,7 @@ class UNet3D(nn.Module):
             return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint, conv_type, norm)
 
         def attn(ch):
-            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint, norm, attention_position,
-                             num_frames, attention_window)
+            return attention(ch, attention_type, num_heads, num_head_channels, use_checkpoint, norm, attention_position)
 
         attention_ds = {image_size // r for r in attention_resolutions if image_size % r == 0}
         ch = model_channels
