@@ -28,12 +28,11 @@ from video_diffusion import distributed
 from video_diffusion.files import write_json
 from video_diffusion.checkpoints import list_checkpoints
 from video_diffusion.data import embedded_digits
-from video_diffusion.evaluation.curve import (check_comparable, measure_checkpoint, perfect_motion_use, plot_curve,
+from video_diffusion.evaluation.curve import (check_comparable, measure_checkpoint, motion_reference, plot_curve,
                                               references)
 from video_diffusion.evaluation.weights import add_i3d_flags, load_i3d
 from video_diffusion.files import check_output_folder
 from video_diffusion.sampling.loading import load_for_sampling
-from video_diffusion.sampling.plan import test_dataset
 
 
 def build_parser():
@@ -107,8 +106,7 @@ def main(argv=None):
                                          device=ctx.device)
     elif cfg is not None and embedded_digits(cfg) and "motion_use" not in curve["references"]:
         # a curve measured before the motion diagnostic existed gets its reference with its next point
-        curve["references"]["motion_use"] = {"perfect": perfect_motion_use(test_dataset(cfg, cfg.model.seq_len),
-                                                                           args.num_videos)}
+        curve["references"]["motion_use"] = motion_reference(cfg, args.num_videos)
     for name, other in others:
         try:
             check_comparable(curve, other, name)

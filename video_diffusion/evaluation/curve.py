@@ -124,15 +124,20 @@ def perfect_motion_use(data, num_videos: int, num_given: int = 2, samples: int =
     """
     from .perfect import perfect_samples
 
-    errors = {}
-    for key, given in (("model", list(range(num_given))), ("last_given_only", [num_given - 1])):
-        sq = []
-        for v in range(num_videos):
-            gt = data.frames(v).astype(np.float64) / 127.5 - 1.0
+    givens = {"model": list(range(num_given)), "last_given_only": [num_given - 1]}
+    sq = {key: [] for key in givens}
+    for v in range(num_videos):
+        gt = data.frames(v).astype(np.float64) / 127.5 - 1.0
+        for key, given in givens.items():
             mean = perfect_samples(data, v, given, samples, seed=seed).astype(np.float64).mean(axis=0) / 127.5 - 1.0
-            sq.append(((mean - gt) ** 2).mean(axis=(1, 2, 3))[num_given:])
-        errors[key] = np.mean(sq, axis=0).tolist()
+            sq[key].append(((mean - gt) ** 2).mean(axis=(1, 2, 3))[num_given:])
+    errors = {key: np.mean(values, axis=0).tolist() for key, values in sq.items()}
     return {**errors, "motion_use": float(np.mean(errors["last_given_only"]) - np.mean(errors["model"]))}
+
+
+def motion_reference(cfg, num_videos: int) -> Dict:
+    """The references' "motion_use" entry of a digits curve: the perfect model's figure."""
+    return {"perfect": perfect_motion_use(test_dataset(cfg, cfg.model.seq_len), num_videos)}
 
 
 BELIEF_TIMESTEPS = (1000, 700, 400)
@@ -145,8 +150,9 @@ def beliefs_picture(cfg, model, path, num_videos: int = 4, num_given: int = 2, t
     What the network believes the clean video is, before any sampling: for the first
     ``num_videos`` held-out videos, a block of rows (the truth, then the network's x_0 at each
     of ``timesteps`` of 1000, from the truth noised to that level, the first ``num_given``
-    frames given clean; 1000 is the last step, noise alone for all purposes). A blur at 1000 where the truth is sharp says the
-    network does not know what comes next (the mean over its doubts); a sharp wrong shape at 400,
+    frames given clean; 1000 is the last step, noise alone for all purposes). A blur at 1000
+    where the truth is sharp says the network does not know what comes next (the mean over its
+    doubts); a sharp wrong shape at 400,
     where the noised truth still shows it, says it does not use what it sees. Written to ``path``.
     """
     gt, mask, diffusion, denoise, noise = _held_out_prediction(cfg, model, num_videos, num_given, seed, 0xB1, device)
@@ -270,7 +276,7 @@ def references(cfg, num_videos: int = 32, i3d=None, fvd_videos: int = 32, fvd_fr
             entry["object_tracker"] = set_scores(tracked)
         out[task["key"]] = entry
     if digits:
-        out["motion_use"] = {"perfect": perfect_motion_use(data, num_videos)}
+        out["motion_use"] = motion_reference(cfg, num_videos)
     if i3d is not None and fvd_videos and embedded:
         test = test_dataset(cfg, fvd_frames)
         other = create_dataset(cfg, seq_len=fvd_frames, seed_offset=OTHER_REAL_SEED)
