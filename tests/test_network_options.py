@@ -9,7 +9,8 @@ from conftest import micro_config
 from video_diffusion.config import validate
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
-from video_diffusion.models.blocks import Conv2Plus1d, nearest_given_frames, patchify, unpatchify
+from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, nearest_given_frames, patchify,
+                                           unpatchify)
 from conftest import make, run
 
 
@@ -68,9 +69,10 @@ def test_nearest_given_frames_by_hand():
     assert torch.equal(nearest_given_frames(x[:1], one, rank=1)[0], nearest_given_frames(x[:1], one)[0])  # only one
 
 
-def first_layer_change_at_frame_7(given_frame_input, given_frames=1, given=(0,)):
+def first_layer_change_at_frame_7(given_frame_input, given_frames=1, given=(0,), **kw):
     """How much the first layer's output at frame 7 moves when the given frame 0 changes."""
-    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=given_frame_input, given_frames=given_frames)
+    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=given_frame_input, given_frames=given_frames,
+                 **kw)
     seen = []
     model.input_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o))
     x = torch.randn(1, 3, 8, 16, 16)
@@ -103,6 +105,32 @@ def test_two_given_frames_bring_the_earlier_given_frame_to_every_frame_too():
         make(given_frame_input=True, given_frames=3)
     with pytest.raises(ValueError, match="--given_frames 2 needs --given_frame_input"):
         validate(micro_config(given_frames=2, given_frame_input=False))
+
+
+def test_the_correlation_of_the_given_frames_peaks_at_their_displacement():
+    # the nearest given frame is the second moved by (1, -2) cells: away from the borders, the
+    # channel comparing (y, x) with (y - 1, x + 2) scores the highest cosine there is, 1
+    torch.manual_seed(0)
+    corr = GivenCorrelation(12, radius=2)
+    second = torch.randn(2, 12, 3, 16, 16)
+    inner = corr(torch.roll(second, shifts=(1, -2), dims=(3, 4)), second)[..., 4:12, 4:12]
+    assert inner.shape[1] == 25
+    assert (inner.argmax(dim=1) == (-1 + 2) * 5 + (2 + 2)).all()
+    assert torch.allclose(inner[:, 9], torch.ones(()), atol=1e-5)
+    # in the network: frames 0 and 1 given, frame 7 sees frame 0 at the first layer through it
+    assert first_layer_change_at_frame_7(True, given=(0, 1), given_correlation=1) > 0
+    model = make(image_size=16, channel_mult=(1, 2), given_frame_input=True, given_correlation=1)
+    assert model.input_blocks[0][0].in_channels == 3 + 3 + 1 + 1 + 9  # ..., the 3 x 3 cost volume
+    inputs = []
+    model.input_blocks[0][0].register_forward_pre_hook(lambda m, i: inputs.append(i[0]))
+    model(torch.randn(2, 3, 4, 16, 16), torch.tensor([999, 999]), obs_mask=torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]]))
+    assert inputs[0][0, -9:].abs().sum() > 0 and not inputs[0][1, -9:].any()  # nothing given, nothing compared
+    with pytest.raises(ValueError, match="given_correlation needs given_frame_input"):
+        make(given_correlation=1)
+    with pytest.raises(ValueError, match="--given_correlation needs --given_frame_input"):
+        validate(micro_config(given_correlation=1))
+    with pytest.raises(ValueError, match="--given_correlation must be >= 0"):
+        validate(micro_config(given_correlation=-1, given_frame_input=True))
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
@@ -166,7 +194,8 @@ def test_removed_local_attention_is_refused_by_name():
 
 
 @pytest.mark.parametrize("flags,marker", [(dict(attention_position="rope", attention_type="factorized"), "rope"),
-                                          (dict(given_frame_input=True, given_frames=2), "given")])
+                                          (dict(given_frame_input=True, given_frames=2), "given"),
+                                          (dict(given_frame_input=True, given_correlation=1), "correlation")])
 def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest
@@ -176,7 +205,8 @@ def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, fla
     loop = loop_for(cfg)
     loop.run()
     used = {"rope": {m for m in loop.model.modules() if getattr(m, "position", None) == "rope"},
-            "given": {m for m in loop.model.modules() if getattr(m, "given_frames", 0) == 2}}[marker]
+            "given": {m for m in loop.model.modules() if getattr(m, "given_frames", 0) == 2},
+            "correlation": {m for m in loop.model.modules() if isinstance(m, GivenCorrelation)}}[marker]
     assert used
     _, model, _ = load_for_sampling(find_latest(cfg.train.log_dir), use_ema=False)
     x, t, mask = torch.randn(2, 3, 4, 16, 16), torch.tensor([5, 50]), torch.zeros(2, 4)

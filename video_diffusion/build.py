@@ -35,6 +35,7 @@ def create_model(cfg: Config) -> UNet3D:
         patch_size=m.patch_size,
         given_frame_input=m.given_frame_input,
         given_frames=m.given_frames,
+        given_correlation=m.given_correlation,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,
         norm=m.norm,

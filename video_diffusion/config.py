@@ -50,6 +50,9 @@ class ModelConfig:
     given_frames: int = _f(1, "how many nearest given frames --given_frame_input gives every frame: 1, or 2 (the "
                               "second nearest too, so a motion between two given frames is visible at each "
                               "frame's own place)")
+    given_correlation: int = _f(0, "r > 0: also give every frame a cost volume of its two nearest given frames "
+                                   "(FlowNet's correlation of learned features) over displacements of up to r "
+                                   "cells, (2r+1)^2 channels; needs --given_frame_input")
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
@@ -233,6 +236,10 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError(f"--given_frames must be 1 or 2, got {m.given_frames}")
     if m.given_frames == 2 and not m.given_frame_input:
         raise ValueError("--given_frames 2 needs --given_frame_input true (it is how many it gives)")
+    if m.given_correlation < 0:
+        raise ValueError(f"--given_correlation must be >= 0 (0 = none), got {m.given_correlation}")
+    if m.given_correlation and not m.given_frame_input:
+        raise ValueError("--given_correlation needs --given_frame_input true (it compares the given frames)")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

@@ -1,8 +1,8 @@
 """
 The UNet's building blocks, made 3D: convolutions over (frames, height, width), residual
 blocks that take the timestep embedding, down- and upsampling in space only, attention
-factorized into a spatial and a temporal pass (or one full space-time pass, as RaMViD's, or
-a local one: every frame, a window of space, relative positions), and the patch folding that
+factorized into a spatial and a temporal pass (or one full space-time pass, as RaMViD's), the
+given frames brought to every frame's place (and their correlation), and the patch folding that
 runs the network at a lower resolution.
 """
 
@@ -41,6 +41,53 @@ def nearest_given_frames(x: torch.Tensor, obs_mask: torch.Tensor, rank: int = 0)
     picked = torch.gather(x, 2, source[:, None, :, None, None].expand_as(x)) * any_given[:, None, None, None, None]
     offset = (frames[None, :] - source.float()) / t * any_given[:, None]
     return picked, offset.to(x.dtype)
+
+
+class GivenCorrelation(nn.Module):
+    """
+    A cost volume of the two nearest given frames (FlowNet's correlation layer, Dosovitskiy et
+    al. 2015): both are embedded by a small learned 2D encoder, and at every place of the nearest
+    one the cosine similarity of its feature with the second nearest's at each displacement of a
+    (2r+1) x (2r+1) window becomes one channel. A displacement between two given frames is then
+    one peak among channels at that place; without it the network must discover comparison
+    itself from sums of its inputs (a convolution is linear in them, and matching is a product).
+    Nothing in it knows what moves: the encoder is learned, the window is all it assumes.
+
+    :param in_channels: channels of a (patch-folded) frame.
+    :param radius: r, the largest displacement compared, in the network's cells (patch_size pixels).
+    :param feature_channels: width of the encoder's features.
+    """
+
+    def __init__(self, in_channels: int, radius: int, feature_channels: int = 16):
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"the correlation radius must be >= 1, got {radius}")
+        self.radius = radius
+        # 1 x 3 x 3: each frame on its own (3D weights, so channels_last_3d applies to them too)
+        self.encoder = nn.Sequential(
+            nn.Conv3d(in_channels, feature_channels, (1, 3, 3), padding=(0, 1, 1)), nn.SiLU(),
+            nn.Conv3d(feature_channels, feature_channels, (1, 3, 3), padding=(0, 1, 1)))
+
+    @property
+    def out_channels(self) -> int:
+        return (2 * self.radius + 1) ** 2
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(x), dim=1, eps=1e-6)  # cosine: a match scores 1 whatever the contrast
+
+    def forward(self, nearest: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """
+        :param nearest: [N, C, T, H, W], every frame's nearest given frame.
+        :param second: [N, C, T, H, W], every frame's second nearest given frame.
+        :return: [N, (2r+1)^2, T, H, W]; channel (dy + r) * (2r+1) + (dx + r) at (y, x) compares
+            ``nearest`` at (y, x) with ``second`` at (y + dy, x + dx) (0 outside the frame).
+        """
+        h, w = nearest.shape[-2:]
+        r = self.radius
+        a = self._embed(nearest)
+        b = F.pad(self._embed(second), (r, r, r, r))
+        return torch.stack([(a * b[..., dy:dy + h, dx:dx + w]).sum(dim=1)
+                            for dy in range(2 * r + 1) for dx in range(2 * r + 1)], dim=1)
 
 
 def conv3d(in_ch: int, out_ch: int, kernel: int = 3, stride=1) -> nn.Conv3d:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
-                     conv3d, nearest_given_frames, patchify, unpatchify)
+                     GivenCorrelation, conv3d, nearest_given_frames, patchify, unpatchify)
 from .nn import NORMS, norm_act, normalization, timestep_embedding, zero_module
 
 
@@ -38,6 +38,11 @@ class UNet3D(nn.Module):
         With 2 the second nearest comes too (the nearest again where only one is given), so a
         motion between two given frames is visible at every frame's own place, to the first
         convolution, instead of only after features have travelled between frames.
+    :param given_correlation: r > 0 also gives every frame a cost volume of its two nearest
+        given frames over displacements of up to r cells (``blocks.GivenCorrelation``): how well
+        each place of the nearest matches each nearby place of the second, (2r+1)^2 channels, so
+        a displacement between them is read off a peak instead of discovered; needs
+        ``given_frame_input``. 0 (the default) builds none.
     :param patch_size: p > 1 folds each p x p patch of a frame into channels before the
         first layer and unfolds the output after the last (as "simple diffusion" and DiT do):
         the network runs at 1/p of the resolution, about p^2 times cheaper per video.
@@ -58,6 +63,7 @@ class UNet3D(nn.Module):
                  num_head_channels: int = -1, use_scale_shift_norm: bool = True, use_checkpoint: bool = False,
                  mask_input: bool = True, num_classes: Optional[int] = None, conv_type: str = "3d",
                  patch_size: int = 1, given_frame_input: bool = False, given_frames: int = 1,
+                 given_correlation: int = 0,
                  norm: str = "group", frame_levels: bool = False,
                  attention_position: str = "none", self_condition: bool = False):
         super().__init__()
@@ -69,6 +75,10 @@ class UNet3D(nn.Module):
             raise ValueError(f"given_frames must be 1 or 2, got {given_frames}")
         self.given_frame_input = given_frame_input
         self.given_frames = given_frames if given_frame_input else 0
+        if given_correlation and not given_frame_input:
+            raise ValueError("given_correlation needs given_frame_input: it compares the given frames")
+        self.correlation = (GivenCorrelation(in_channels * patch_size ** 2, given_correlation)
+                            if given_correlation else None)
         if frame_levels and not mask_input:
             raise ValueError("frame_levels needs mask_input: given frames are the ones at level 0")
         self.frame_levels = frame_levels
@@ -102,7 +112,8 @@ class UNet3D(nn.Module):
         ch = model_channels
         self.input_blocks = nn.ModuleList([TimestepSequential(
             conv3d(in_channels * patch_size ** 2 * (1 + self.given_frames + int(self_condition))
-                   + int(mask_input) + self.given_frames, ch))])
+                   + int(mask_input) + self.given_frames
+                   + (self.correlation.out_channels if self.correlation else 0), ch))])
         skip_channels = [ch]
         ds = patch_size
         for level, mult in enumerate(channel_mult):
@@ -175,9 +186,10 @@ class UNet3D(nn.Module):
             raise ValueError(f"x_self_cond must have the shape of x {tuple(x.shape)}, got {tuple(x_self_cond.shape)}")
         offsets = []
         inputs = [x]
-        for rank in range(self.given_frames):
-            given, offset = nearest_given_frames(x, obs_mask, rank)
-            inputs.append(given)
+        ranks = max(self.given_frames, 2 if self.correlation is not None else 0)  # the correlation compares two
+        given = [nearest_given_frames(x, obs_mask, rank) for rank in range(ranks)]
+        for frames, offset in given[:self.given_frames]:
+            inputs.append(frames)
             offsets.append(offset)
         if self.self_condition:
             inputs.append(torch.zeros_like(x) if x_self_cond is None else x_self_cond.to(x.dtype))
@@ -187,6 +199,10 @@ class UNet3D(nn.Module):
             n, _, t, h, w = x.shape
             per_frame = [obs_mask.to(x.dtype)] + offsets
             x = torch.cat([x] + [v[:, None, :, None, None].expand(n, 1, t, h, w) for v in per_frame], dim=1)
+        if self.correlation is not None:
+            cost = self.correlation(patchify(given[0][0], self.patch_size), patchify(given[1][0], self.patch_size))
+            any_given = (obs_mask > 0).any(dim=1).to(cost.dtype)  # no given frame: nothing to compare
+            x = torch.cat([x, cost * any_given[:, None, None, None, None]], dim=1)
         if self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d):
             x = x.contiguous(memory_format=torch.channels_last_3d)  # match the weights' layout
         skips = []
