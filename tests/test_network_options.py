@@ -9,8 +9,8 @@ from conftest import micro_config
 from video_diffusion.config import validate
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
-from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, nearest_given_frames, patchify,
-                                           unpatchify)
+from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, KernelHead, chain_order, local_kernel,
+                                           nearest_given_frames, patch_match, patchify, unpatchify)
 from conftest import make, run
 
 
@@ -133,6 +133,89 @@ def test_the_correlation_of_the_given_frames_peaks_at_their_displacement():
         validate(micro_config(given_correlation=-1, given_frame_input=True))
 
 
+def test_the_kernel_head_builds_frames_outwards_from_the_given_ones():
+    distance, source = chain_order(torch.tensor([[0, 1, 0, 0, 0], [1, 0, 0, 0, 1], [0, 0, 0, 0, 0]]))
+    assert distance.tolist() == [[1, 0, 1, 2, 3], [0, 1, 2, 1, 0], [0, 1, 2, 3, 4]]
+    # frame 2 of the second video is as far from 0 as from 4: the earlier side wins; no given frame: from 0
+    assert source.tolist() == [[1, 1, 1, 2, 3], [0, 0, 1, 4, 4], [0, 0, 1, 2, 3]]
+    # one-hot kernels move a frame; uniform ones average the window (the border repeated)
+    frame = torch.randn(2, 3, 8, 8)
+    right = torch.full((2, 9, 8, 8), -1e4)
+    right[:, 1 * 3 + 0] = 0  # take from (y, x - 1)
+    assert torch.allclose(local_kernel(frame, right, 1)[..., 1:], frame[..., :-1])
+    box = torch.nn.functional.avg_pool2d(frame, 3, stride=1)
+    assert torch.allclose(local_kernel(frame, torch.zeros(2, 9, 8, 8), 1)[..., 1:-1, 1:-1], box, atol=1e-6)
+
+
+def head_output(drawn, blend, trust, logits):
+    """The network's output as ``KernelHead`` reads it, from constants for the blend and the match's weight."""
+    n, _, t, h, w = drawn.shape
+    return torch.cat([drawn, torch.full((n, 1, t, h, w), blend), torch.full((n, 1, t, h, w), trust), logits], dim=1)
+
+
+def test_the_kernel_head_carries_a_given_frame_and_blends_in_what_it_draws():
+    head = KernelHead(3, radius=2)
+    n, t = 2, 5
+    x = torch.randn(n, 3, t, 16, 16)
+    drawn = torch.randn(n, 3, t, 16, 16)
+    logits = torch.full((n, 25, t, 16, 16), -1e4)
+    logits[:, 2 * 5 + 1] = 0  # every kernel takes from one pixel to the left: a motion of +1 column a frame
+    noisy = torch.full((n,), 0.01)  # the input says next to nothing, and the match's weight is ~0 anyway
+    copy = head(head_output(drawn, 1e4, -1e4, logits), x, torch.tensor([[1, 0, 0, 0, 0], [0, 0, 1, 0, 0]]), noisy)
+    for f in range(t):
+        assert torch.equal(copy[0, :, f, :, f:], x[0, :, 0, :, :16 - f])  # frame f: frame 0 moved f columns
+    assert torch.equal(copy[1, :, 2], x[1, :, 2])  # a given frame keeps its values
+    assert torch.equal(copy[1, :, 4, :, 2:], x[1, :, 2, :, :14])
+    assert torch.equal(copy[1, :, 0, :, 2:], x[1, :, 2, :, :14])  # frames before a given one are built from it too
+    # blend 0: the drawn frames; no given frame: the video grows from its drawn frame 0
+    assert torch.equal(head(head_output(drawn, -1e4, -1e4, logits), x, torch.zeros(n, t), noisy), drawn)
+    grown = head(head_output(drawn, 1e4, -1e4, logits), x, torch.zeros(n, t), noisy)
+    assert torch.equal(grown[:, :, 3, :, 3:], drawn[:, :, 0, :, :13])
+
+
+def test_the_kernel_head_follows_what_its_noisy_input_shows_as_much_as_the_noise_allows():
+    # a frame moved by (1, -2) pixels, noised: the likelihood peaks at the displacement it came from,
+    # sharply when nearly clean, hardly at all under heavy noise
+    frame = torch.rand(2, 3, 12, 12)
+    abar = torch.tensor([0.99, 0.02])
+    moved = abar.sqrt()[:, None, None, None] * torch.roll(frame, shifts=(1, -2), dims=(2, 3))
+    moved = moved + (1 - abar).sqrt()[:, None, None, None] * torch.randn_like(frame) * torch.tensor([1.0, 0.0])[:, None, None, None]
+    match = patch_match(moved, frame, abar, 2)[..., 3:-3, 3:-3]
+    assert (match[0].argmax(dim=0) == (-1 + 2) * 5 + (2 + 2)).all()
+    spread = match.amax(dim=1) - match.amin(dim=1)
+    assert spread[0].min() > 20 and spread[1].max() < 5
+    # the head, with no kernel of its own, rebuilds a video whose nearly clean input shows each frame's motion
+    # (away from the borders, which a wrapped roll and a repeated border see differently)
+    frame = torch.rand(3, 32, 32)
+    video = torch.stack([torch.roll(frame, shifts=(f, -2 * f), dims=(1, 2)) for f in range(4)], dim=1)[None]
+    out = KernelHead(3, 2)(head_output(torch.zeros_like(video), 1e4, 0.0, torch.zeros(1, 25, 4, 32, 32)), video,
+                           torch.tensor([[1, 0, 0, 0]]), torch.tensor([0.999]))
+    assert torch.allclose(out[..., 10:-10, 10:-10], video[..., 10:-10, 10:-10], atol=1e-3)
+
+
+def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_what_it_cannot_do():
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    model = make(kernel_head=2, alphas_cumprod=abar)
+    assert model.out[2].out_channels == 3 + 2 + 25
+    x, mask = torch.randn(2, 3, 4, 16, 16), torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]])
+    out = model(x, torch.tensor([5, 500]), obs_mask=mask)
+    assert out.shape == x.shape and torch.equal(out[0, :, 0], x[0, :, 0])
+    out[:, :, 1:].square().mean().backward()
+    assert model.out[2].weight.grad[3:].abs().sum() > 0  # the blend and the kernels learn
+    with pytest.raises(ValueError, match="out_channels must equal in_channels"):
+        make(kernel_head=2, out_channels=6, alphas_cumprod=abar)
+    with pytest.raises(ValueError, match="kernel_head needs alphas_cumprod"):
+        make(kernel_head=2)
+    with pytest.raises(ValueError, match="kernel radius must be >= 1"):
+        KernelHead(3, 0)
+    with pytest.raises(ValueError, match="--kernel_head must be >= 0"):
+        validate(micro_config(kernel_head=-1))
+    with pytest.raises(ValueError, match="--kernel_head needs --predict_xstart true"):
+        validate(micro_config(kernel_head=2))
+    with pytest.raises(ValueError, match="--kernel_head needs --predict_xstart true"):
+        validate(micro_config(kernel_head=2, predict_xstart=True, learn_sigma=True))
+
+
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
 def test_min_snr_weights_by_hand(kind):
     flags = {"x0": dict(predict_xstart=True), "v": dict(predict_v=True), "eps": {}}[kind]
@@ -148,6 +231,25 @@ def test_min_snr_weights_by_hand(kind):
     x = torch.rand(4, 3, 4, 16, 16) * 2 - 1
     terms = d.training_losses(model, x, t, obs_mask=torch.zeros(4, 4), noise=torch.randn_like(x))
     assert torch.allclose(terms["loss"], terms["mse"] * expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight", ["edm", "x0"])
+def test_the_edm_skip_by_hand_and_its_two_loss_weights(weight):
+    d = create_diffusion(micro_config(noise_schedule="cosine", predict_xstart=True, sigma_data=0.5,
+                                      sigma_data_weight=weight))
+    t = torch.tensor([0, 30, 60, 99])
+    abar = torch.tensor(d.alphas_cumprod, dtype=torch.float32)[t].reshape(-1, 1, 1, 1, 1)
+    sigma2 = (1 - abar) / abar
+    c_skip, c_out = 0.25 / (sigma2 + 0.25), (sigma2 * 0.25 / (sigma2 + 0.25)).sqrt()
+    x_t, out = torch.randn(4, 3, 4, 8, 8), torch.randn(4, 3, 4, 8, 8)
+    assert torch.allclose(d.xstart_from_output(out, x_t, t), c_skip * x_t / abar.sqrt() + c_out * out, atol=1e-6)
+    # an untrained network (F = 0) passes a near-clean input through
+    x = torch.rand(4, 3, 4, 8, 8) * 2 - 1
+    model = lambda x, t, obs_mask=None: torch.zeros_like(x)  # noqa: E731
+    terms = d.training_losses(model, x, t, obs_mask=torch.zeros(4, 4), noise=torch.randn_like(x))
+    assert terms["mse"][0] < 1e-3 < terms["mse"][3]
+    expected = terms["mse"] / c_out.flatten() ** 2 if weight == "edm" else terms["mse"]
+    assert torch.allclose(terms["loss"], expected.to(terms["loss"].dtype), rtol=1e-4)
 
 
 def test_channels_last_weights_have_gradients_of_their_own_strides():
@@ -195,7 +297,8 @@ def test_removed_local_attention_is_refused_by_name():
 
 @pytest.mark.parametrize("flags,marker", [(dict(attention_position="rope", attention_type="factorized"), "rope"),
                                           (dict(given_frame_input=True, given_frames=2), "given"),
-                                          (dict(given_frame_input=True, given_correlation=1), "correlation")])
+                                          (dict(given_frame_input=True, given_correlation=1), "correlation"),
+                                          (dict(kernel_head=1, predict_xstart=True), "kernel")])
 def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest
@@ -206,7 +309,8 @@ def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, fla
     loop.run()
     used = {"rope": {m for m in loop.model.modules() if getattr(m, "position", None) == "rope"},
             "given": {m for m in loop.model.modules() if getattr(m, "given_frames", 0) == 2},
-            "correlation": {m for m in loop.model.modules() if isinstance(m, GivenCorrelation)}}[marker]
+            "correlation": {m for m in loop.model.modules() if isinstance(m, GivenCorrelation)},
+            "kernel": {m for m in loop.model.modules() if isinstance(m, KernelHead)}}[marker]
     assert used
     _, model, _ = load_for_sampling(find_latest(cfg.train.log_dir), use_ema=False)
     x, t, mask = torch.randn(2, 3, 4, 16, 16), torch.tensor([5, 50]), torch.zeros(2, 4)

@@ -13,6 +13,10 @@ def num_image_channels(cfg: Config) -> int:
     return 3 if cfg.model.rgb else 1
 
 
+def _betas(d) -> np.ndarray:
+    return get_named_beta_schedule(d.noise_schedule, d.diffusion_steps, d.schedule_shift)
+
+
 def create_model(cfg: Config) -> UNet3D:
     m = cfg.model
     channels = num_image_channels(cfg)
@@ -36,6 +40,8 @@ def create_model(cfg: Config) -> UNet3D:
         given_frame_input=m.given_frame_input,
         given_frames=m.given_frames,
         given_correlation=m.given_correlation,
+        kernel_head=m.kernel_head,
+        alphas_cumprod=np.cumprod(1.0 - _betas(cfg.diffusion)) if m.kernel_head else None,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,
         norm=m.norm,
@@ -59,11 +65,12 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None, timesteps=None
         var_type = ModelVarType.LEARNED_RANGE
     else:
         var_type = ModelVarType.FIXED_SMALL if d.sigma_small else ModelVarType.FIXED_LARGE
-    kwargs = dict(betas=get_named_beta_schedule(d.noise_schedule, d.diffusion_steps, d.schedule_shift),
+    kwargs = dict(betas=_betas(d),
                   model_mean_type=mean_type,
                   model_var_type=var_type,
                   loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
-                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data)
+                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
+                  edm_weight=d.sigma_data_weight == "edm")
     if timesteps is not None:
         return SpacedDiffusion(timesteps, **kwargs)
     if not respacing:

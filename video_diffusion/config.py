@@ -53,6 +53,9 @@ class ModelConfig:
     given_correlation: int = _f(0, "r > 0: also give every frame a cost volume of its two nearest given frames "
                                    "(FlowNet's correlation of learned features) over displacements of up to r "
                                    "cells, (2r+1)^2 channels; needs --given_frame_input")
+    kernel_head: int = _f(0, "r > 0: each generated frame's x_0 is a learned blend of its neighbour's x_0 moved by a "
+                             "learned per-pixel kernel over displacements of up to r pixels and a frame the network "
+                             "draws, built outwards from the given frames; needs --predict_xstart")
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
@@ -75,6 +78,9 @@ class DiffusionConfig:
     sigma_data: float = _f(0.0, "with --predict_xstart: EDM's preconditioning x_0 = c_skip x + c_out F "
                                 "(x = x_t / sqrt(abar); near-clean inputs pass through) for data of this std, "
                                 "e.g. 0.5; 0 = the network's output F is x_0")
+    sigma_data_weight: str = _f("edm", "the loss with --sigma_data: 'edm' (the x_0 MSE over c_out^2: the unit-scale "
+                                       "loss of F) or 'x0' (the plain x_0 MSE, every level weighted as without the "
+                                       "skip)", choices=("edm", "x0"))
     min_snr_gamma: float = _f(0.0, "Min-SNR-gamma loss weighting (e.g. 5); 0 = off")
     sigma_small: bool = _f(False, "fixed variance: posterior variance (True) or beta_t (False); ignored with learn_sigma")
     rescale_learned_sigmas: bool = _f(True, "loss 'rescaled MSE': scale the VB term by T/1000")
@@ -240,6 +246,11 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
         raise ValueError(f"--given_correlation must be >= 0 (0 = none), got {m.given_correlation}")
     if m.given_correlation and not m.given_frame_input:
         raise ValueError("--given_correlation needs --given_frame_input true (it compares the given frames)")
+    if m.kernel_head < 0:
+        raise ValueError(f"--kernel_head must be >= 0 (0 = none), got {m.kernel_head}")
+    if m.kernel_head and not (d.predict_xstart and d.sigma_data == 0 and not m.learn_sigma):
+        raise ValueError("--kernel_head needs --predict_xstart true, --sigma_data 0 and --learn_sigma false: "
+                         "the head builds x_0 itself")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

@@ -90,6 +90,144 @@ class GivenCorrelation(nn.Module):
                             for dy in range(2 * r + 1) for dx in range(2 * r + 1)], dim=1)
 
 
+def chain_order(obs_mask: torch.Tensor):
+    """
+    The order in which ``KernelHead`` builds a video's frames: outwards from its given frames,
+    each frame from its neighbour on the side of the nearest given frame (the earlier one on a
+    tie); a video with no given frame grows from its frame 0.
+
+    :param obs_mask: [N, T], 1 on given frames.
+    :return: ([N, T] steps from the nearest anchor, 0 on anchors; [N, T] the frame each frame is
+        built from, itself on anchors).
+    """
+    n, t = obs_mask.shape
+    frames = torch.arange(t, device=obs_mask.device)
+    anchors = obs_mask > 0
+    anchors = torch.where(anchors.any(dim=1, keepdim=True), anchors, frames[None] == 0)
+    gap = (frames[None, :, None] - frames[None, None, :]).abs().float() + 1e-3 * frames[None, None, :].float()
+    gap = gap + (~anchors).float()[:, None, :] * 1e6  # [N, T (to), T (from)]
+    nearest = gap.argmin(dim=2)  # [N, T]
+    distance = (frames[None] - nearest).abs()
+    source = frames[None] - torch.sign(frames[None] - nearest)
+    return distance, source
+
+
+def local_kernel(source: torch.Tensor, logits: torch.Tensor, radius: int) -> torch.Tensor:
+    """
+    A per-pixel kernel applied to a frame: out(p) = sum_d softmax(logits)(p, d) source(p + d)
+    over the displacements d of a (2r+1) x (2r+1) window, the frame's border repeated outside it
+    (dynamic filter networks, De Brabandere et al. 2016; CDNA, Finn et al. 2016).
+
+    :param source: [M, C, H, W] frames to take pixels from.
+    :param logits: [M, (2r+1)^2, H, W]; channel (dy + r) * (2r+1) + (dx + r) weighs source(y + dy, x + dx).
+    :param radius: r.
+    :return: [M, C, H, W].
+    """
+    m, c, h, w = source.shape
+    k = 2 * radius + 1
+    patches = F.unfold(F.pad(source, (radius,) * 4, mode="replicate"), k).view(m, c, k * k, h, w)
+    return (patches * logits.softmax(dim=1)[:, None]).sum(dim=2)
+
+
+def patch_match(frame: torch.Tensor, source: torch.Tensor, abar: torch.Tensor, radius: int, block: int = 3) -> torch.Tensor:
+    """
+    The log-likelihood, under the diffusion's noising, that each block x block patch of the noisy ``frame``
+    is ``source``'s patch at each displacement of a (2r+1) x (2r+1) window: frame = sqrt(abar)
+    source(moved) + sqrt(1 - abar) noise gives -sum over the patch of (frame - sqrt(abar)
+    source(p + d))^2 / (2 (1 - abar)) (the border repeated outside the frame). Nearly clean, it
+    picks the displacement sharply; under heavy noise it barely prefers one (block matching,
+    weighed by how much the input can say).
+
+    :param frame: [M, C, H, W] noisy frames; ``source`` the same shape.
+    :param abar: [M] the frames' abar (the signal's share of the variance).
+    :param block: the patch's side (odd): a larger one weighs more evidence for each displacement,
+        so that under noise the places of one object agree on where it went.
+    :return: [M, (2r+1)^2, H, W], ordered as ``local_kernel``'s logits.
+    """
+    h, w = frame.shape[-2:]
+    half = block // 2
+    k = 2 * radius + 1
+    scale = abar.sqrt()[:, None, None, None]
+    padded = F.pad(source, (radius,) * 4, mode="replicate")
+    errors = torch.stack([(frame - scale * padded[..., dy:dy + h, dx:dx + w]).square().sum(dim=1)
+                          for dy in range(k) for dx in range(k)], dim=1)
+    patch = block ** 2 * F.avg_pool2d(F.pad(errors, (half,) * 4, mode="replicate"), block, stride=1)
+    return -patch / (2 * (1 - abar).clamp(min=1e-5)[:, None, None, None])
+
+
+class KernelHead(nn.Module):
+    """
+    The x_0 of a frame made from its neighbour's: where a frame is mostly the frame next to it
+    moved a little, copying pixels through a per-pixel kernel keeps their detail, where a network
+    that redraws every frame must learn each shape anew. Frames are built outwards from the given
+    frames (``chain_order``): the one next to a given frame from that frame's clean pixels, the
+    next from the x_0 just built, and so on, so a motion of r pixels per frame reaches any
+    distance. Each frame is a learned blend, m * kernel(neighbour) + (1 - m) * drawn, of the copy
+    and a frame the network draws itself (for what appears, is uncovered, or cannot be copied); a
+    video with no given frame grows from its own drawn frame 0.
+
+    The kernel's logits are the network's plus a learned multiple (per pixel, >= 0, 1 untrained)
+    of the log-likelihood that the frame's own noisy input is the neighbour moved by each
+    displacement (``patch_match``): at low noise the input shows where each patch went and the
+    kernel follows it; at high noise the likelihood is flat and the network's own logits decide.
+    A comparison is a product that convolutions would otherwise have to discover, and its
+    weight follows from the noise level rather than being learned for each. It assumes only that
+    content moves locally between frames; the kernels, the trust in the match, the blend and the
+    drawn frame are the network's.
+
+    :param channels: C, channels of a frame.
+    :param radius: r, the largest displacement a kernel reaches, in pixels per frame.
+    :param block: the side of the patches the match compares (``patch_match``).
+    """
+
+    def __init__(self, channels: int, radius: int, block: int = 7):
+        super().__init__()
+        if radius < 1:
+            raise ValueError(f"the kernel radius must be >= 1, got {radius}")
+        if block < 1 or block % 2 == 0:
+            raise ValueError(f"the match's block must be odd and >= 1, got {block}")
+        self.channels = channels
+        self.radius = radius
+        self.block = block
+
+    @property
+    def extra_channels(self) -> int:
+        """What the network outputs beside the drawn frame: a blend logit, the match's weight and the kernel's logits."""
+        return 2 + (2 * self.radius + 1) ** 2
+
+    def forward(self, output: torch.Tensor, x: torch.Tensor, obs_mask: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+        """
+        :param output: [N, C + extra_channels, T, H, W]: the network's drawn frames, blend logits,
+            match weights (before a softplus) and kernel logits.
+        :param x: [N, C, T, H, W], the network's input: given frames clean, the others noisy.
+        :param obs_mask: [N, T], 1 on given frames.
+        :param abar: [N] or [N, T], the input's abar (per video, or per frame).
+        :return: [N, C, T, H, W] x_0; given frames hold their clean values.
+        """
+        n, _, t, h, w = output.shape
+        c = self.channels
+        per_frame = output.transpose(1, 2).reshape(n * t, -1, h, w)
+        drawn, blend = per_frame[:, :c], torch.sigmoid(per_frame[:, c:c + 1])
+        trust, logits = F.softplus(per_frame[:, c + 1:c + 2] + 0.5413), per_frame[:, c + 2:]  # trust 1 untrained
+        abar = (abar[:, None].expand(n, t) if abar.ndim == 1 else abar).reshape(-1).to(output.dtype)
+        distance, source = chain_order(obs_mask)
+        given = (obs_mask > 0).reshape(-1)
+        frames_in = x.transpose(1, 2).reshape(n * t, c, h, w)
+        x0 = torch.where(given[:, None, None, None], frames_in, drawn)
+        source = (source + torch.arange(n, device=x.device)[:, None] * t).reshape(-1)
+        distance = distance.reshape(-1)
+        for step in range(1, t):
+            built = (distance == step).nonzero().flatten()
+            if not len(built):
+                break
+            neighbour = x0[source[built]]
+            with torch.no_grad():  # a feature of the inputs: no gradient flows through the comparison
+                match = patch_match(frames_in[built], neighbour, abar[built], self.radius, self.block)
+            copied = local_kernel(neighbour, logits[built] + trust[built] * match, self.radius)
+            x0 = x0.index_put((built,), blend[built] * copied + (1 - blend[built]) * drawn[built])
+        return x0.reshape(n, t, c, h, w).transpose(1, 2)
+
+
 def conv3d(in_ch: int, out_ch: int, kernel: int = 3, stride=1) -> nn.Conv3d:
     return nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
 

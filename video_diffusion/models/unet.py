@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import (ATTENTION_TYPES, CONV_TYPES, Downsample, ResBlock, TimestepSequential, Upsample, attention,
-                     GivenCorrelation, conv3d, nearest_given_frames, patchify, unpatchify)
+                     GivenCorrelation, KernelHead, conv3d, nearest_given_frames, patchify, unpatchify)
 from .nn import NORMS, norm_act, normalization, timestep_embedding, zero_module
 
 
@@ -55,6 +55,12 @@ class UNet3D(nn.Module):
         x_0 for the whole video (self-conditioning, Chen et al. 2022), as input channels: a draft
         of every frame to refine, so the frames of one sampling step can agree with what the last
         step drew. Without it (or given None) the input is zeros: a first estimate.
+    :param kernel_head: r > 0 makes the output x_0 through ``blocks.KernelHead``: each frame a learned
+        blend of its neighbour's x_0 moved by a learned per-pixel kernel of radius r pixels and a frame
+        the network draws, built outwards from the given frames. The output must be x_0 alone
+        (``out_channels == in_channels``). 0 (the default): the network draws every frame.
+    :param alphas_cumprod: the diffusion's abar per (base) timestep, which the kernel head needs to
+        weigh what its noisy input shows; only with ``kernel_head``.
     """
 
     def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
@@ -65,7 +71,8 @@ class UNet3D(nn.Module):
                  patch_size: int = 1, given_frame_input: bool = False, given_frames: int = 1,
                  given_correlation: int = 0,
                  norm: str = "group", frame_levels: bool = False,
-                 attention_position: str = "none", self_condition: bool = False):
+                 attention_position: str = "none", self_condition: bool = False, kernel_head: int = 0,
+                 alphas_cumprod: Optional[Sequence[float]] = None):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -82,6 +89,14 @@ class UNet3D(nn.Module):
         if frame_levels and not mask_input:
             raise ValueError("frame_levels needs mask_input: given frames are the ones at level 0")
         self.frame_levels = frame_levels
+        if kernel_head and out_channels != in_channels:
+            raise ValueError("kernel_head makes x_0 alone: out_channels must equal in_channels (no learned variance)")
+        self.kernel_head = KernelHead(in_channels, kernel_head) if kernel_head else None
+        if kernel_head and alphas_cumprod is None:
+            raise ValueError("kernel_head needs alphas_cumprod: the head weighs its noisy input by the noise level")
+        if kernel_head:  # from the configuration, not a weight: not saved
+            self.register_buffer("abar", torch.as_tensor(alphas_cumprod, dtype=torch.float32), persistent=False)
+        head_channels = self.kernel_head.extra_channels if self.kernel_head else 0
         self.self_condition = self_condition
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
@@ -140,7 +155,7 @@ class UNet3D(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, out_channels * patch_size ** 2)))
+        self.out = nn.Sequential(normalization(ch, norm), nn.SiLU(), zero_module(conv3d(ch, (out_channels + head_channels) * patch_size ** 2)))
 
     def _embed(self, timesteps: torch.Tensor, obs_mask: Optional[torch.Tensor], n: int, frames: int) -> torch.Tensor:
         """[N, E] from one level per video, or with ``frame_levels`` [N, T, E] from one per frame."""
@@ -186,6 +201,7 @@ class UNet3D(nn.Module):
             raise ValueError(f"x_self_cond must have the shape of x {tuple(x.shape)}, got {tuple(x_self_cond.shape)}")
         offsets = []
         inputs = [x]
+        video = x
         ranks = max(self.given_frames, 2 if self.correlation is not None else 0)  # the correlation compares two
         given = [nearest_given_frames(x, obs_mask, rank) for rank in range(ranks)]
         for frames, offset in given[:self.given_frames]:
@@ -213,4 +229,9 @@ class UNet3D(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return unpatchify(self.out[2](norm_act(self.out[0], h)), self.patch_size)
+        out = unpatchify(self.out[2](norm_act(self.out[0], h)), self.patch_size)
+        if self.kernel_head is None:
+            return out
+        if obs_mask is None:  # a network without the mask input: nothing is known to be given
+            obs_mask = torch.zeros(video.shape[0], video.shape[2], device=video.device)
+        return self.kernel_head(out, video, obs_mask.to(video.device), self.abar[timesteps.long()])
