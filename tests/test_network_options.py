@@ -233,10 +233,8 @@ def test_min_snr_weights_by_hand(kind):
     assert torch.allclose(terms["loss"], terms["mse"] * expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("weight", ["edm", "x0"])
-def test_the_edm_skip_by_hand_and_its_two_loss_weights(weight):
-    d = create_diffusion(micro_config(noise_schedule="cosine", predict_xstart=True, sigma_data=0.5,
-                                      sigma_data_weight=weight))
+def test_the_edm_skip_and_its_loss_weight_by_hand():
+    d = create_diffusion(micro_config(noise_schedule="cosine", predict_xstart=True, sigma_data=0.5))
     t = torch.tensor([0, 30, 60, 99])
     abar = torch.tensor(d.alphas_cumprod, dtype=torch.float32)[t].reshape(-1, 1, 1, 1, 1)
     sigma2 = (1 - abar) / abar
@@ -248,7 +246,7 @@ def test_the_edm_skip_by_hand_and_its_two_loss_weights(weight):
     model = lambda x, t, obs_mask=None: torch.zeros_like(x)  # noqa: E731
     terms = d.training_losses(model, x, t, obs_mask=torch.zeros(4, 4), noise=torch.randn_like(x))
     assert terms["mse"][0] < 1e-3 < terms["mse"][3]
-    expected = terms["mse"] / c_out.flatten() ** 2 if weight == "edm" else terms["mse"]
+    expected = terms["mse"] / c_out.flatten() ** 2  # EDM's weight: the loss of F itself
     assert torch.allclose(terms["loss"], expected.to(terms["loss"].dtype), rtol=1e-4)
 
 

@@ -69,8 +69,7 @@ def create_diffusion(cfg: Config, timestep_respacing: str = None, timesteps=None
                   model_mean_type=mean_type,
                   model_var_type=var_type,
                   loss_type=LossType.RESCALED_MSE if d.rescale_learned_sigmas else LossType.MSE,
-                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
-                  edm_weight=d.sigma_data_weight == "edm")
+                  min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data)
     if timesteps is not None:
         return SpacedDiffusion(timesteps, **kwargs)
     if not respacing:

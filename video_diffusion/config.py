@@ -78,9 +78,6 @@ class DiffusionConfig:
     sigma_data: float = _f(0.0, "with --predict_xstart: EDM's preconditioning x_0 = c_skip x + c_out F "
                                 "(x = x_t / sqrt(abar); near-clean inputs pass through) for data of this std, "
                                 "e.g. 0.5; 0 = the network's output F is x_0")
-    sigma_data_weight: str = _f("edm", "the loss with --sigma_data: 'edm' (the x_0 MSE over c_out^2: the unit-scale "
-                                       "loss of F) or 'x0' (the plain x_0 MSE, every level weighted as without the "
-                                       "skip)", choices=("edm", "x0"))
     min_snr_gamma: float = _f(0.0, "Min-SNR-gamma loss weighting (e.g. 5); 0 = off")
     sigma_small: bool = _f(False, "fixed variance: posterior variance (True) or beta_t (False); ignored with learn_sigma")
     rescale_learned_sigmas: bool = _f(True, "loss 'rescaled MSE': scale the VB term by T/1000")
@@ -188,7 +185,9 @@ REMOVED_FIELDS = {("model", "output_head"): ("direct", _TRACKER_HEAD), ("model",
                   ("model", "given_frame_skip"): (False, "it lost on both datasets on the small curve, "
                                                          "docs/research_log.md"),
                   ("model", "attention_window"): (7, "it sized local attention's window, and local attention "
-                                                     "lost on the small curve, docs/research_log.md")}
+                                                     "lost on the small curve, docs/research_log.md"),
+                  ("diffusion", "sigma_data_weight"): ("edm", "EDM's skip with the plain x_0 loss sampled noise at "
+                                                             "the tiny budget, docs/research_log.md")}
 
 _GROUP_TYPES = {"model": ModelConfig, "diffusion": DiffusionConfig, "mask": MaskConfig, "train": TrainConfig}
 _FIELD_GROUP = {f.name: g for g, t in _GROUP_TYPES.items() for f in dataclasses.fields(t)}

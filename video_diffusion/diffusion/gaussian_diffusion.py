@@ -114,14 +114,10 @@ class GaussianDiffusion:
         network having to learn the identity, and F's target has unit variance at every noise
         level (it moves from -noise at low noise to x_0 / sd at high noise); the loss is then
         EDM's, the x_0 MSE weighted by 1 / c_out^2 (the "mse" term stays the x_0 MSE).
-    :param edm_weight: with ``sigma_data``, weight the loss by EDM's 1 / c_out^2 (True) or keep
-        the plain x_0 MSE (False): the skip then only spares the network the identity at low
-        noise, and the levels weigh as they do for an x_0 network without it.
     """
 
     def __init__(self, *, betas, model_mean_type: ModelMeanType, model_var_type: ModelVarType,
-                 loss_type: LossType, min_snr_gamma: float = 0.0, sigma_data: float = 0.0,
-                 edm_weight: bool = True):
+                 loss_type: LossType, min_snr_gamma: float = 0.0, sigma_data: float = 0.0):
         if min_snr_gamma < 0:
             raise ValueError(f"--min_snr_gamma must be >= 0, got {min_snr_gamma}")
         if sigma_data < 0:
@@ -129,7 +125,6 @@ class GaussianDiffusion:
         if sigma_data > 0 and model_mean_type != ModelMeanType.START_X:
             raise ValueError("--sigma_data needs --predict_xstart (the skip is written on x_0)")
         self.sigma_data = sigma_data
-        self.edm_weight = edm_weight
         self.min_snr_gamma = min_snr_gamma
         self.model_mean_type = model_mean_type
         self.model_var_type = model_var_type
@@ -418,7 +413,7 @@ class GaussianDiffusion:
             out = self.xstart_from_output(out.float(), x_t, t)
         terms["mse"] = masked_mean((target - out.float()) ** 2, gen_weight)
         mse = terms["mse"] * self.snr_loss_weight(t) if self.min_snr_gamma > 0 else terms["mse"]
-        if self.sigma_data > 0 and self.edm_weight:
+        if self.sigma_data > 0:
             # EDM's weight 1 / c_out^2: the loss of F itself, whose target has unit scale at every
             # level. Unweighted, low noise would count ~sigma^2 and F would never learn to take
             # the noise out of the input that the skip passes through.
