@@ -70,19 +70,19 @@ def test_nothing_in_the_model_imports_the_embedded_data_or_the_tracker():
     assert not (PACKAGE / "models" / "tracker.py").exists() and not (PACKAGE / "models" / "warp.py").exists()
 
 
-def _stored_with(tmp_path, **model_fields):
+def _stored_with(tmp_path, group="model", **fields):
     cfg = micro_config(tmp_path)
     stored = cfg.to_dict()
-    stored["model"].update(model_fields)
+    stored[group].update(fields)
     path = save_checkpoint(tmp_path / "old", 1, {"config": stored, "model": {}, "ema": {}})
     return load_checkpoint(path)["config"], path
 
 
-@pytest.mark.parametrize("name", sorted(n for _, n in REMOVED_FIELDS))
-def test_a_checkpoint_that_set_a_removed_option_is_refused_by_name(tmp_path, name):
-    default = REMOVED_FIELDS["model", name][0]
-    changed = {"output_head": "warp", "warp_radius": 1, "warp_verdict": "pixel"}.get(name, True)
-    stored, path = _stored_with(tmp_path, **{name: changed})
+@pytest.mark.parametrize("group,name", sorted(REMOVED_FIELDS))
+def test_a_checkpoint_that_set_a_removed_option_is_refused_by_name(tmp_path, group, name):
+    default = REMOVED_FIELDS[group, name][0]
+    changed = {"output_head": "warp", "warp_radius": 1, "warp_verdict": "pixel", "sigma_data_weight": "x0"}.get(name, True)
+    stored, path = _stored_with(tmp_path, group, **{name: changed})
     assert changed != default
     with pytest.raises(ValueError, match=f"sets --{name}, which was removed"):
         Config.from_dict(stored)
@@ -94,7 +94,8 @@ def test_a_checkpoint_that_left_the_removed_options_at_their_defaults_loads(tmp_
     cfg = micro_config(tmp_path)
     model = __import__("video_diffusion.build", fromlist=["create_model"]).create_model(cfg)
     stored = cfg.to_dict()
-    stored["model"].update({name: default for (_, name), (default, _) in REMOVED_FIELDS.items()})
+    for (group, name), (default, _) in REMOVED_FIELDS.items():
+        stored[group][name] = default
     path = save_checkpoint(tmp_path / "old", 1, {"config": stored, "model": model.state_dict(), "ema": {}})
     assert Config.from_dict(load_checkpoint(path)["config"]) == cfg
     loaded, net, _ = load_for_sampling(path)

@@ -10,7 +10,7 @@ from video_diffusion.config import validate
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
 from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, KernelHead, chain_order, local_kernel,
-                                           nearest_given_frames, patch_match, patchify, unpatchify)
+                                           local_scatter, nearest_given_frames, patch_match, patchify, unpatchify)
 from conftest import make, run
 
 
@@ -145,6 +145,32 @@ def test_the_kernel_head_builds_frames_outwards_from_the_given_ones():
     assert torch.allclose(local_kernel(frame, right, 1)[..., 1:], frame[..., :-1])
     box = torch.nn.functional.avg_pool2d(frame, 3, stride=1)
     assert torch.allclose(local_kernel(frame, torch.zeros(2, 9, 8, 8), 1)[..., 1:-1, 1:-1], box, atol=1e-6)
+
+
+def test_a_scattering_copy_moves_a_frame_and_keeps_what_it_holds():
+    frame = torch.zeros(2, 3, 12, 12)
+    frame[:, :, 3:9, 3:9] = torch.rand(2, 3, 6, 6)  # content away from the borders
+    base = torch.zeros_like(frame)
+    right = torch.full((2, 9, 12, 12), -1e4)
+    right[:, 1 * 3 + 2] = 0  # every pixel sends towards (y, x + 1)
+    assert torch.allclose(local_scatter(frame, base, right, 1)[..., 1:], frame[..., :-1])
+    # kernels that vary from pixel to pixel: the content's sum is kept (a gathering copy loses it)
+    logits = torch.randn(2, 9, 12, 12) * 3
+    assert torch.allclose(local_scatter(frame, base, logits, 1).sum(dim=(2, 3)), frame.sum(dim=(2, 3)), atol=1e-4)
+    assert not torch.allclose(local_kernel(frame, logits, 1).sum(dim=(2, 3)), frame.sum(dim=(2, 3)), atol=1e-2)
+    # every pixel staying put: the neighbour itself, whatever the base; the head sends the neighbour where
+    # its nearly clean input shows it went
+    drawn = torch.randn_like(frame)
+    still = torch.full((2, 9, 12, 12), -1e4)
+    still[:, 4] = 0
+    assert torch.allclose(local_scatter(frame, drawn, still, 1), frame)
+    video = torch.stack([torch.roll(frame[0], shifts=(f, -f), dims=(1, 2)) for f in range(3)], dim=1)[None]
+    head = KernelHead(3, 1, copy="scatter")
+    out = head(head_output(torch.zeros_like(video), 1e4, 1e4, torch.zeros(1, 9, 3, 12, 12)), video,
+               torch.tensor([[1, 0, 0]]), torch.tensor([0.999]))
+    assert torch.allclose(out, video, atol=1e-3)
+    with pytest.raises(ValueError, match="copy must be one of"):
+        KernelHead(3, 1, copy="splat")
 
 
 def head_output(drawn, blend, trust, logits):
@@ -296,7 +322,8 @@ def test_removed_local_attention_is_refused_by_name():
 @pytest.mark.parametrize("flags,marker", [(dict(attention_position="rope", attention_type="factorized"), "rope"),
                                           (dict(given_frame_input=True, given_frames=2), "given"),
                                           (dict(given_frame_input=True, given_correlation=1), "correlation"),
-                                          (dict(kernel_head=1, predict_xstart=True), "kernel")])
+                                          (dict(kernel_head=1, predict_xstart=True), "kernel"),
+                                          (dict(kernel_head=1, kernel_copy="scatter", predict_xstart=True), "kernel")])
 def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest

@@ -56,6 +56,9 @@ class ModelConfig:
     kernel_head: int = _f(0, "r > 0: each generated frame's x_0 is a learned blend of its neighbour's x_0 moved by a "
                              "learned per-pixel kernel over displacements of up to r pixels and a frame the network "
                              "draws, built outwards from the given frames; needs --predict_xstart")
+    kernel_copy: str = _f("gather", "how --kernel_head copies the neighbour: 'gather' (each pixel a kernel-weighted "
+                                    "mean of the neighbour around it) or 'scatter' (each neighbour pixel sent where its "
+                                    "kernel says: a stroke's ink cannot be lost)", choices=("gather", "scatter"))
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "

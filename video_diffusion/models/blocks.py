@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from .nn import norm_act, normalization, zero_module
 
 ATTENTION_TYPES = ("factorized", "full")
+KERNEL_COPIES = ("gather", "scatter")
 CONV_TYPES = ("3d", "2+1d")
 
 
@@ -129,6 +130,37 @@ def local_kernel(source: torch.Tensor, logits: torch.Tensor, radius: int) -> tor
     return (patches * logits.softmax(dim=1)[:, None]).sum(dim=2)
 
 
+def _shift(x: torch.Tensor, dy: int, dx: int, mode: str = "constant") -> torch.Tensor:
+    """y(p) = x(p - (dy, dx)): content moved by (dy, dx); outside the frame zeros (or the border repeated)."""
+    h, w = x.shape[-2:]
+    r = max(abs(dy), abs(dx))
+    padded = F.pad(x, (r,) * 4, mode=mode)
+    return padded[..., r - dy:r - dy + h, r - dx:r - dx + w]
+
+
+def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor, radius: int) -> torch.Tensor:
+    """
+    The scattering counterpart of ``local_kernel``: each source pixel q sends the share
+    softmax(logits)(q, d) of its difference from ``base`` to q + d (softmax splatting, Niklaus and
+    Liu 2020), out(p) = base(p) + sum_d w(p - d, d) (source(p - d) - base(p)). What a source pixel
+    holds is never lost inside the frame (a stroke keeps its ink, however the kernels vary); a
+    place nothing lands on keeps ``base``; content sent outside the frame leaves it.
+
+    :param source: [M, C, H, W]; ``base`` the same shape.
+    :param logits: [M, (2r+1)^2, H, W] at the source's pixels; channel (dy + r) * (2r+1) + (dx + r)
+        sends towards (y + dy, x + dx).
+    :return: [M, C, H, W].
+    """
+    weights = logits.softmax(dim=1)
+    k = 2 * radius + 1
+    out = base
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            share = weights[:, (dy + radius) * k + dx + radius][:, None]
+            out = out + _shift(share * source, dy, dx) - _shift(share, dy, dx) * base
+    return out
+
+
 def patch_match(frame: torch.Tensor, source: torch.Tensor, abar: torch.Tensor, radius: int, block: int = 3) -> torch.Tensor:
     """
     The log-likelihood, under the diffusion's noising, that each block x block patch of the noisy ``frame``
@@ -178,17 +210,23 @@ class KernelHead(nn.Module):
     :param channels: C, channels of a frame.
     :param radius: r, the largest displacement a kernel reaches, in pixels per frame.
     :param block: the side of the patches the match compares (``patch_match``).
+    :param copy: "gather" (each pixel a kernel-weighted mean of the neighbour around it,
+        ``local_kernel``) or "scatter" (each pixel of the neighbour sent where its kernel says, its
+        difference from the drawn frame kept, ``local_scatter``).
     """
 
-    def __init__(self, channels: int, radius: int, block: int = 7):
+    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather"):
         super().__init__()
         if radius < 1:
             raise ValueError(f"the kernel radius must be >= 1, got {radius}")
         if block < 1 or block % 2 == 0:
             raise ValueError(f"the match's block must be odd and >= 1, got {block}")
+        if copy not in KERNEL_COPIES:
+            raise ValueError(f"the kernel head's copy must be one of {KERNEL_COPIES}, got {copy!r}")
         self.channels = channels
         self.radius = radius
         self.block = block
+        self.copy = copy
 
     @property
     def extra_channels(self) -> int:
@@ -223,7 +261,14 @@ class KernelHead(nn.Module):
             neighbour = x0[source[built]]
             with torch.no_grad():  # a feature of the inputs: no gradient flows through the comparison
                 match = patch_match(frames_in[built], neighbour, abar[built], self.radius, self.block)
-            copied = local_kernel(neighbour, logits[built] + trust[built] * match, self.radius)
+            if self.copy == "gather":
+                copied = local_kernel(neighbour, logits[built] + trust[built] * match, self.radius)
+            else:  # the match scored "output p came from p + d"; a source pixel q asks "q went to q + d"
+                k = 2 * self.radius + 1
+                sent = torch.stack([_shift(match[:, (self.radius - dy) * k + self.radius - dx], -dy, -dx, "replicate")
+                                    for dy in range(-self.radius, self.radius + 1)
+                                    for dx in range(-self.radius, self.radius + 1)], dim=1)
+                copied = local_scatter(neighbour, drawn[built], logits[built] + trust[built] * sent, self.radius)
             x0 = x0.index_put((built,), blend[built] * copied + (1 - blend[built]) * drawn[built])
         return x0.reshape(n, t, c, h, w).transpose(1, 2)
 
