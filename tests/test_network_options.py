@@ -155,6 +155,16 @@ def test_a_scattering_copy_moves_a_frame_and_keeps_what_it_holds():
     right = torch.full((2, 9, 12, 12), -1e4)
     right[:, 1 * 3 + 2] = 0  # every pixel sends towards (y, x + 1)
     assert torch.allclose(local_scatter(frame, base, right, 1)[..., 1:], frame[..., :-1])
+    # a stroke whose pixels go different ways without meeting: its ink is all kept; a gathering copy with
+    # the same kernels (each place taking from where they point) loses the part nobody takes
+    stroke = torch.zeros(1, 1, 12, 12)
+    stroke[0, 0, 3:9, 5] = torch.rand(6) + 0.5
+    apart = torch.full((1, 9, 12, 12), -1e4)
+    apart[:, 4] = 0  # stay ...
+    apart[:, 4, 3:9:2, 5], apart[:, 5, 3:9:2, 5] = -1e4, 0  # ... but every other stroke pixel moves right
+    spread = local_scatter(stroke, torch.zeros_like(stroke), apart, 1)
+    assert torch.allclose(spread.sum(), stroke.sum()) and torch.allclose(spread[0, 0, 3:9:2, 6], stroke[0, 0, 3:9:2, 5])
+    assert local_kernel(stroke, apart, 1).sum() < 0.6 * stroke.sum()
     # kernels that vary from pixel to pixel: the content's sum is kept (a gathering copy loses it)
     logits = torch.randn(2, 9, 12, 12) * 3
     assert torch.allclose(local_scatter(frame, base, logits, 1).sum(dim=(2, 3)), frame.sum(dim=(2, 3)), atol=1e-4)
