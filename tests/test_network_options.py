@@ -9,9 +9,8 @@ from conftest import micro_config
 from video_diffusion.config import validate
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
-from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, KernelHead, arrivals, chain_order,
-                                           inertia_prior, local_kernel, local_scatter, nearest_given_frames,
-                                           patch_match, patchify, unpatchify)
+from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, KernelHead, chain_order, local_kernel,
+                                           local_scatter, nearest_given_frames, patch_match, patchify, unpatchify)
 from conftest import make, run
 
 
@@ -155,16 +154,6 @@ def test_a_scattering_copy_moves_a_frame_and_keeps_what_it_holds():
     right = torch.full((2, 9, 12, 12), -1e4)
     right[:, 1 * 3 + 2] = 0  # every pixel sends towards (y, x + 1)
     assert torch.allclose(local_scatter(frame, base, right, 1)[..., 1:], frame[..., :-1])
-    # a stroke whose pixels go different ways without meeting: its ink is all kept; a gathering copy with
-    # the same kernels (each place taking from where they point) loses the part nobody takes
-    stroke = torch.zeros(1, 1, 12, 12)
-    stroke[0, 0, 3:9, 5] = torch.rand(6) + 0.5
-    apart = torch.full((1, 9, 12, 12), -1e4)
-    apart[:, 4] = 0  # stay ...
-    apart[:, 4, 3:9:2, 5], apart[:, 5, 3:9:2, 5] = -1e4, 0  # ... but every other stroke pixel moves right
-    spread = local_scatter(stroke, torch.zeros_like(stroke), apart, 1)
-    assert torch.allclose(spread.sum(), stroke.sum()) and torch.allclose(spread[0, 0, 3:9:2, 6], stroke[0, 0, 3:9:2, 5])
-    assert local_kernel(stroke, apart, 1).sum() < 0.6 * stroke.sum()
     # kernels that vary from pixel to pixel: the content's sum is kept (a gathering copy loses it)
     logits = torch.randn(2, 9, 12, 12) * 3
     assert torch.allclose(local_scatter(frame, base, logits, 1).sum(dim=(2, 3)), frame.sum(dim=(2, 3)), atol=1e-4)
@@ -230,48 +219,6 @@ def test_the_kernel_head_follows_what_its_noisy_input_shows_as_much_as_the_noise
     assert torch.allclose(out[..., 10:-10, 10:-10], video[..., 10:-10, 10:-10], atol=1e-3)
 
 
-@pytest.mark.parametrize("copy", ["gather", "scatter"])
-def test_inertia_carries_the_motion_of_two_given_frames_on_through_noise(copy):
-    # a patch moving (+1, +2) pixels a frame; the input of the frames to build is pure noise, so the
-    # match says nothing and only the motion between the given frames can place the patch
-    t = 6
-    video = torch.zeros(1, 1, t, 24, 24)
-    for f in range(t):
-        video[0, 0, f, 4 + f:8 + f, 2 + 2 * f:6 + 2 * f] = torch.arange(1.0, 17.0).view(4, 4) / 16
-    head = KernelHead(1, 2, copy=copy, inertia=True)
-    zero = torch.zeros(1, 1, t, 24, 24)
-    out = torch.cat([zero, zero + 1e4, zero - 1e4, zero + 30, torch.zeros(1, 25, t, 24, 24)], dim=1)
-    for given in ([1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]):  # forwards in time, and backwards
-        mask = torch.tensor([given])
-        noisy = torch.where(mask[:, None, :, None, None] > 0, video, torch.randn_like(video))
-        built = head(out, noisy, mask, torch.tensor([1e-4]))
-        # a scatter is exact; a gather is exact where the patch is, while a background pixel just behind
-        # it, which nothing is known to reach, averages its window, the patch's edge included
-        where = video > 0 if copy == "gather" else torch.ones_like(video, dtype=torch.bool)
-        assert torch.allclose(built[where], video[where], atol=1e-4)
-        assert (built - video).abs().max() < 0.1
-    # one given frame: no motion is known, the prior is flat and the head is the one without inertia
-    mask = torch.tensor([[1, 0, 0, 0, 0, 0]])
-    logits = torch.randn(1, 25, t, 24, 24)
-    with_inertia = torch.cat([zero, zero, zero, zero + 3.0, logits], dim=1)
-    plain = KernelHead(1, 2, copy=copy)(torch.cat([zero, zero, zero, logits], dim=1), video, mask, torch.tensor([0.5]))
-    built = head(with_inertia, video, mask, torch.tensor([0.5]))
-    assert torch.allclose(built[:, :, :2], plain[:, :, :2], atol=1e-5)  # frame 1: nothing before frame 0
-    assert not torch.allclose(built[:, :, 2:], plain[:, :, 2:], atol=1e-3)  # frame 2 on: frame 1's kernels lean
-
-
-def test_the_inertia_prior_reads_a_scatter_where_it_lands_and_a_gather_where_it_takes_from():
-    # every pixel sends one pixel down: what lands at p came by (+1, 0); where nothing lands, nothing is known
-    down = torch.full((1, 9, 6, 6), -1e4)
-    down[:, 2 * 3 + 1] = 0
-    v = arrivals(down.softmax(dim=1), 1)
-    assert torch.allclose(v[0, 2 * 3 + 1, 1:], torch.ones(5, 6)) and torch.equal(v[0, :, 0], torch.zeros(9, 6))
-    # the next step, scattering: keep sending down; gathering: take from one pixel up (d = (-1, 0))
-    assert torch.equal(inertia_prior(v, 1, "scatter")[0, :, 3, 3].argmax(), torch.tensor(2 * 3 + 1))
-    assert torch.equal(inertia_prior(v, 1, "gather")[0, :, 3, 3].argmax(), torch.tensor(0 * 3 + 1))
-    assert torch.equal(inertia_prior(torch.zeros(1, 9, 6, 6), 1, "scatter").std(dim=1), torch.zeros(1, 6, 6))
-
-
 def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_what_it_cannot_do():
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     model = make(kernel_head=2, alphas_cumprod=abar)
@@ -293,11 +240,6 @@ def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_wh
         validate(micro_config(kernel_head=2))
     with pytest.raises(ValueError, match="--kernel_head needs --predict_xstart true"):
         validate(micro_config(kernel_head=2, predict_xstart=True, learn_sigma=True))
-    with pytest.raises(ValueError, match="--kernel_inertia needs --kernel_head"):
-        validate(micro_config(kernel_inertia=True, predict_xstart=True))
-    with pytest.raises(ValueError, match="kernel_inertia needs kernel_head"):
-        make(kernel_inertia=True)
-    assert make(kernel_head=2, kernel_inertia=True, alphas_cumprod=abar).out[2].out_channels == 3 + 3 + 25
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
@@ -381,8 +323,7 @@ def test_removed_local_attention_is_refused_by_name():
                                           (dict(given_frame_input=True, given_frames=2), "given"),
                                           (dict(given_frame_input=True, given_correlation=1), "correlation"),
                                           (dict(kernel_head=1, predict_xstart=True), "kernel"),
-                                          (dict(kernel_head=1, kernel_copy="scatter", kernel_inertia=True,
-                                                predict_xstart=True), "kernel")])
+                                          (dict(kernel_head=1, kernel_copy="scatter", predict_xstart=True), "kernel")])
 def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest

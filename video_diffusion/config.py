@@ -59,8 +59,6 @@ class ModelConfig:
     kernel_copy: str = _f("gather", "how --kernel_head copies the neighbour: 'gather' (each pixel a kernel-weighted "
                                     "mean of the neighbour around it) or 'scatter' (each neighbour pixel sent where its "
                                     "kernel says: a stroke's ink cannot be lost)", choices=("gather", "scatter"))
-    kernel_inertia: bool = _f(False, "--kernel_head's kernels also lean towards the displacement the content took in "
-                                     "the frame step before (motion persists between frames), by a learned weight")
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
@@ -192,7 +190,9 @@ REMOVED_FIELDS = {("model", "output_head"): ("direct", _TRACKER_HEAD), ("model",
                   ("model", "attention_window"): (7, "it sized local attention's window, and local attention "
                                                      "lost on the small curve, docs/research_log.md"),
                   ("diffusion", "sigma_data_weight"): ("edm", "EDM's skip with the plain x_0 loss sampled noise at "
-                                                             "the tiny budget, docs/research_log.md")}
+                                                             "the tiny budget, docs/research_log.md"),
+                  ("model", "kernel_inertia"): (False, "a prior that content keeps its velocity is the embedded data's "
+                                                       "constant-velocity rule in the network, docs/research_log.md")}
 
 _GROUP_TYPES = {"model": ModelConfig, "diffusion": DiffusionConfig, "mask": MaskConfig, "train": TrainConfig}
 _FIELD_GROUP = {f.name: g for g, t in _GROUP_TYPES.items() for f in dataclasses.fields(t)}
@@ -255,8 +255,6 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
     if m.kernel_head and not (d.predict_xstart and d.sigma_data == 0 and not m.learn_sigma):
         raise ValueError("--kernel_head needs --predict_xstart true, --sigma_data 0 and --learn_sigma false: "
                          "the head builds x_0 itself")
-    if m.kernel_inertia and not m.kernel_head:
-        raise ValueError("--kernel_inertia needs --kernel_head r > 0 (it is a prior over the head's kernels)")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

@@ -161,44 +161,6 @@ def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor
     return out
 
 
-def arrivals(weights: torch.Tensor, radius: int) -> torch.Tensor:
-    """
-    Where a scattering copy's content came from, read at the places it landed: the share of what
-    arrives at p that moved by each displacement e, w(p - e, e) normalised over e (zero where
-    nothing lands).
-
-    :param weights: [M, (2r+1)^2, H, W] at the source's pixels, summing to 1 over displacements,
-        channel (ey + r) * (2r+1) + (ex + r) sending towards (y + ey, x + ex).
-    :return: [M, (2r+1)^2, H, W] at the destination's pixels, indexed by the same displacement.
-    """
-    k = 2 * radius + 1
-    got = torch.stack([_shift(weights[:, (dy + radius) * k + dx + radius], dy, dx)
-                       for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)], dim=1)
-    return got / got.sum(dim=1, keepdim=True).clamp(min=1e-6)
-
-
-def inertia_prior(velocity: torch.Tensor, radius: int, copy: str, eps: float = 1e-3) -> torch.Tensor:
-    """
-    A log-prior over a copy's displacements that says "content keeps moving as it just did": for a
-    chain step from frame s to the next frame, the displacement each piece of content took in the
-    step that made s (a smoothness prior on motion through time, as flow extrapolation in video
-    prediction). It knows nothing of what moves or why; its weight is the network's.
-
-    :param velocity: [M, (2r+1)^2, H, W] at the pixels of s: the share of the content at p that
-        arrived there by moving e (channel (ey + r) * (2r+1) + (ex + r)); zeros where unknown.
-    :param copy: the logits' convention: "scatter" (at the source pixel q, towards q + e) or
-        "gather" (at the output pixel p, taken from p + d, i.e. content moved by -d: the velocity is
-        first carried along itself to the output's pixels, so that a place the content leaves is
-        not told to take it).
-    :param eps: the floor under a displacement that was not taken (log(eps) below one that was).
-    :return: [M, (2r+1)^2, H, W] to add to the copy's logits; constant over displacements where the
-        velocity is unknown.
-    """
-    if copy == "gather":  # the velocity carried to where its content goes; output p then takes from p - velocity
-        velocity = arrivals(velocity, radius).flip(1)
-    return (velocity + eps).log()
-
-
 def patch_match(frame: torch.Tensor, source: torch.Tensor, abar: torch.Tensor, radius: int, block: int = 3) -> torch.Tensor:
     """
     The log-likelihood, under the diffusion's noising, that each block x block patch of the noisy ``frame``
@@ -253,7 +215,7 @@ class KernelHead(nn.Module):
         difference from the drawn frame kept, ``local_scatter``).
     """
 
-    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather", inertia: bool = False):
+    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather"):
         super().__init__()
         if radius < 1:
             raise ValueError(f"the kernel radius must be >= 1, got {radius}")
@@ -265,86 +227,50 @@ class KernelHead(nn.Module):
         self.radius = radius
         self.block = block
         self.copy = copy
-        self.inertia = inertia
 
     @property
     def extra_channels(self) -> int:
-        """What the network outputs beside the drawn frame: a blend logit, the match's weight, the
-        inertia's weight (with ``inertia``) and the kernel's logits."""
-        return 2 + int(self.inertia) + (2 * self.radius + 1) ** 2
+        """What the network outputs beside the drawn frame: a blend logit, the match's weight and the kernel's logits."""
+        return 2 + (2 * self.radius + 1) ** 2
 
     def forward(self, output: torch.Tensor, x: torch.Tensor, obs_mask: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
         """
         :param output: [N, C + extra_channels, T, H, W]: the network's drawn frames, blend logits,
-            match weights (before a softplus), inertia weights (the same, with ``inertia``) and
-            kernel logits.
+            match weights (before a softplus) and kernel logits.
         :param x: [N, C, T, H, W], the network's input: given frames clean, the others noisy.
         :param obs_mask: [N, T], 1 on given frames.
         :param abar: [N] or [N, T], the input's abar (per video, or per frame).
         :return: [N, C, T, H, W] x_0; given frames hold their clean values.
         """
         n, _, t, h, w = output.shape
-        c, r = self.channels, self.radius
-        k = 2 * r + 1
+        c = self.channels
         per_frame = output.transpose(1, 2).reshape(n * t, -1, h, w)
         drawn, blend = per_frame[:, :c], torch.sigmoid(per_frame[:, c:c + 1])
-        trust = F.softplus(per_frame[:, c + 1:c + 2] + 0.5413)  # 1 untrained
-        inertia = F.softplus(per_frame[:, c + 2:c + 3] + 0.5413) if self.inertia else None
-        logits = per_frame[:, c + 2 + int(self.inertia):]
+        trust, logits = F.softplus(per_frame[:, c + 1:c + 2] + 0.5413), per_frame[:, c + 2:]  # trust 1 untrained
         abar = (abar[:, None].expand(n, t) if abar.ndim == 1 else abar).reshape(-1).to(output.dtype)
         distance, source = chain_order(obs_mask)
-        frame = torch.arange(t, device=x.device).expand(n, t).reshape(-1)
         given = (obs_mask > 0).reshape(-1)
         frames_in = x.transpose(1, 2).reshape(n * t, c, h, w)
         x0 = torch.where(given[:, None, None, None], frames_in, drawn)
-        offset = (torch.arange(n, device=x.device)[:, None] * t).expand(n, t).reshape(-1)
-        source = source.reshape(-1) + offset
+        source = (source + torch.arange(n, device=x.device)[:, None] * t).reshape(-1)
         distance = distance.reshape(-1)
-        # with inertia: how the content at each pixel of a built frame moved in the step that built it
-        velocity = torch.zeros(n * t, k * k, h, w, dtype=output.dtype, device=x.device) if self.inertia else None
         for step in range(1, t):
             built = (distance == step).nonzero().flatten()
             if not len(built):
                 break
             neighbour = x0[source[built]]
             with torch.no_grad():  # a feature of the inputs: no gradient flows through the comparison
-                match = patch_match(frames_in[built], neighbour, abar[built], r, self.block)
-                if self.copy == "scatter":  # the match scored "output p came from p + d"; q asks "q went to q + d"
-                    match = torch.stack([_shift(match[:, (r - dy) * k + r - dx], -dy, -dx, "replicate")
-                                         for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
-            total = logits[built] + trust[built] * match
-            if self.inertia:
-                total = total + inertia[built] * self._prior(built, source, frame, given, frames_in, x0, velocity, t)
+                match = patch_match(frames_in[built], neighbour, abar[built], self.radius, self.block)
             if self.copy == "gather":
-                copied = local_kernel(neighbour, total, r)
-            else:
-                copied = local_scatter(neighbour, drawn[built], total, r)
-            if self.inertia:  # what this step did, for the next one (the weights' values, not their gradient)
-                weights = total.detach().softmax(dim=1)
-                velocity = velocity.index_put((built,), weights.flip(1) if self.copy == "gather" else arrivals(weights, r))
+                copied = local_kernel(neighbour, logits[built] + trust[built] * match, self.radius)
+            else:  # the match scored "output p came from p + d"; a source pixel q asks "q went to q + d"
+                k = 2 * self.radius + 1
+                sent = torch.stack([_shift(match[:, (self.radius - dy) * k + self.radius - dx], -dy, -dx, "replicate")
+                                    for dy in range(-self.radius, self.radius + 1)
+                                    for dx in range(-self.radius, self.radius + 1)], dim=1)
+                copied = local_scatter(neighbour, drawn[built], logits[built] + trust[built] * sent, self.radius)
             x0 = x0.index_put((built,), blend[built] * copied + (1 - blend[built]) * drawn[built])
         return x0.reshape(n, t, c, h, w).transpose(1, 2)
-
-    def _prior(self, built, source, frame, given, frames_in, x0, velocity, t):
-        """The inertia log-prior for the frames ``built`` from their neighbours ``source[built]``:
-        the motion into that neighbour from the frame before it on the chain: the velocity stored
-        when the neighbour was built, or, where the neighbour and the frame before it are both
-        given, the (clean) match between them; nothing where neither is known."""
-        r = self.radius
-        src = source[built]
-        step = frame[built] - frame[src]  # +1 forwards in time, -1 backwards
-        before = src - step
-        inside = (frame[src] - step >= 0) & (frame[src] - step < t)
-        before = torch.where(inside, before, src)
-        known = inside & ((source[src] == before) & ~given[src] | given[src] & given[before])
-        v = velocity[src].clone()
-        pair = (known & given[src]).nonzero().flatten()
-        if len(pair):  # two given frames: the clean match says how content moved between them
-            with torch.no_grad():
-                ones = torch.ones(len(pair), dtype=x0.dtype, device=x0.device)
-                v[pair] = patch_match(frames_in[src[pair]], x0[before[pair]], ones, r, self.block).softmax(dim=1).flip(1)
-        v = v * known[:, None, None, None]
-        return inertia_prior(v, r, self.copy)
 
 
 def conv3d(in_ch: int, out_ch: int, kernel: int = 3, stride=1) -> nn.Conv3d:
