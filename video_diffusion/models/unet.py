@@ -72,8 +72,8 @@ class UNet3D(nn.Module):
                  patch_size: int = 1, given_frame_input: bool = False, given_frames: int = 1,
                  given_correlation: int = 0,
                  norm: str = "group", frame_levels: bool = False,
-                 attention_position: str = "none", self_condition: bool = False, kernel_head: int = 0, kernel_copy: str = "gather",
-                 alphas_cumprod: Optional[Sequence[float]] = None):
+                 attention_position: str = "none", self_condition: bool = False, kernel_head: int = 0,
+                 kernel_copy: str = "gather", alphas_cumprod: Optional[Sequence[float]] = None):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
