@@ -68,6 +68,10 @@ def main(argv=None):
     except Preempted as e:
         logger.info(str(e))
         print(str(e), file=sys.stderr)
+        # Every rank raised this after the same step. Wait for all of them to have said so:
+        # mpiexec ends the other ranks as soon as one exits with a non-zero status, and a rank
+        # without the log (rank 1) reaches its exit first, which could cut rank 0's stop line.
+        distributed.barrier(ctx)
         status = EXIT_PREEMPTED
     except (TrainingDiverged, DataFailure, OSError) as e:
         if logger is not None:
