@@ -9,7 +9,7 @@ from conftest import micro_config
 from video_diffusion.config import validate
 from video_diffusion.build import create_diffusion, create_model
 from video_diffusion.models.nn import to_channels_last
-from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, KernelHead, chain_order, local_kernel,
+from video_diffusion.models.blocks import (Conv2Plus1d, GivenCorrelation, KernelHead, arrivals, chain_order, local_kernel,
                                            local_scatter, nearest_given_frames, patch_match, patchify, unpatchify)
 from conftest import make, run
 
@@ -219,6 +219,57 @@ def test_the_kernel_head_follows_what_its_noisy_input_shows_as_much_as_the_noise
     assert torch.allclose(out[..., 10:-10, 10:-10], video[..., 10:-10, 10:-10], atol=1e-3)
 
 
+def moving_patch(t=6, size=24):
+    """A 4x4 patch of distinct values moving (+1, +2) pixels a frame over a zero background."""
+    video = torch.zeros(1, 1, t, size, size)
+    for f in range(t):
+        video[0, 0, f, 4 + f:8 + f, 2 + 2 * f:6 + 2 * f] = torch.arange(1.0, 17.0).view(4, 4) / 16
+    return video
+
+
+@pytest.mark.parametrize("copy", ["gather", "scatter"])
+def test_the_motion_state_can_carry_two_given_frames_motion_on_through_noise(copy):
+    # The frames to build are pure noise and the match is untrusted (trust ~0), so only the motion
+    # state can place the patch. A map that says "the next step moves as the last one did" (the
+    # identity in the scatter's indexing; in the gather's, taking from p + d means moving by -d)
+    # carries it exactly; the untrained map (zero) is the head without the state, bit for bit.
+    t = 6
+    video = moving_patch(t)
+    head = KernelHead(1, 2, copy=copy, motion=True)
+    zero = torch.zeros(1, 1, t, 24, 24)
+    out = torch.cat([zero, zero + 1e4, zero - 1e4, torch.zeros(1, 25, t, 24, 24)], dim=1)
+    with torch.no_grad():
+        head.motion.copy_(torch.eye(25) * 0.5 if copy == "scatter" else torch.eye(25).flip(0) * 0.5)
+    for given in ([1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1]):  # forwards in time, and backwards
+        mask = torch.tensor([given])
+        noisy = torch.where(mask[:, None, :, None, None] > 0, video, torch.randn_like(video))
+        built = head(out, noisy, mask, torch.tensor([1e-4]))
+        # a scatter is exact; a gather is exact where the patch is, while a background pixel just behind
+        # it, which nothing is known to reach, averages its window, the patch's edge included
+        where = video > 0 if copy == "gather" else torch.ones_like(video, dtype=torch.bool)
+        assert torch.allclose(built[where], video[where], atol=1e-4)
+        assert (built - video).abs().max() < 0.1
+    # one given frame: nothing is known before frame 1, so frame 1 is built as without the state
+    mask = torch.tensor([[1, 0, 0, 0, 0, 0]])
+    logits = torch.randn(1, 25, t, 24, 24)
+    out = torch.cat([zero, zero, zero, logits], dim=1)
+    plain = KernelHead(1, 2, copy=copy)(out, video, mask, torch.tensor([0.5]))
+    built = head(out, video, mask, torch.tensor([0.5]))
+    assert torch.equal(built[:, :, :2], plain[:, :, :2])
+    assert not torch.allclose(built[:, :, 2:], plain[:, :, 2:], atol=1e-3)  # frame 2 on: frame 1's kernels
+    with torch.no_grad():
+        head.motion.zero_()
+    assert torch.equal(head(out, video, mask, torch.tensor([0.5])), plain)
+
+
+def test_arrivals_read_a_scatter_where_it_lands():
+    # every pixel sends one pixel down: what lands at p came by (+1, 0); where nothing lands, nothing is known
+    down = torch.full((1, 9, 6, 6), -1e4)
+    down[:, 2 * 3 + 1] = 0
+    v = arrivals(down.softmax(dim=1), 1)
+    assert torch.allclose(v[0, 2 * 3 + 1, 1:], torch.ones(5, 6)) and torch.equal(v[0, :, 0], torch.zeros(9, 6))
+
+
 def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_what_it_cannot_do():
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
     model = make(kernel_head=2, alphas_cumprod=abar)
@@ -228,6 +279,11 @@ def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_wh
     assert out.shape == x.shape and torch.equal(out[0, :, 0], x[0, :, 0])
     out[:, :, 1:].square().mean().backward()
     assert model.out[2].weight.grad[3:].abs().sum() > 0  # the blend and the kernels learn
+    moving = make(kernel_head=2, kernel_motion=True, alphas_cumprod=abar)
+    x = moving_patch(4, 16).expand(2, 3, 4, 16, 16).contiguous()
+    out = moving(x, torch.tensor([900, 900]), obs_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0]]))
+    out[:, :, 2:].square().mean().backward()
+    assert moving.kernel_head.motion.grad.abs().sum() > 0  # the motion map learns from its first step
     with pytest.raises(ValueError, match="out_channels must equal in_channels"):
         make(kernel_head=2, out_channels=6, alphas_cumprod=abar)
     with pytest.raises(ValueError, match="kernel_head needs alphas_cumprod"):
@@ -240,6 +296,10 @@ def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_wh
         validate(micro_config(kernel_head=2))
     with pytest.raises(ValueError, match="--kernel_head needs --predict_xstart true"):
         validate(micro_config(kernel_head=2, predict_xstart=True, learn_sigma=True))
+    with pytest.raises(ValueError, match="--kernel_motion needs --kernel_head"):
+        validate(micro_config(kernel_motion=True, predict_xstart=True))
+    with pytest.raises(ValueError, match="kernel_motion needs kernel_head"):
+        make(kernel_motion=True)
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
@@ -323,7 +383,8 @@ def test_removed_local_attention_is_refused_by_name():
                                           (dict(given_frame_input=True, given_frames=2), "given"),
                                           (dict(given_frame_input=True, given_correlation=1), "correlation"),
                                           (dict(kernel_head=1, predict_xstart=True), "kernel"),
-                                          (dict(kernel_head=1, kernel_copy="scatter", predict_xstart=True), "kernel")])
+                                          (dict(kernel_head=1, kernel_copy="scatter", kernel_motion=True,
+                                                predict_xstart=True), "kernel")])
 def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest

@@ -42,6 +42,7 @@ def create_model(cfg: Config) -> UNet3D:
         given_correlation=m.given_correlation,
         kernel_head=m.kernel_head,
         kernel_copy=m.kernel_copy,
+        kernel_motion=m.kernel_motion,
         alphas_cumprod=np.cumprod(1.0 - _betas(cfg.diffusion)) if m.kernel_head else None,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,

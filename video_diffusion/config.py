@@ -59,6 +59,9 @@ class ModelConfig:
     kernel_copy: str = _f("gather", "how --kernel_head copies the neighbour: 'gather' (each pixel a kernel-weighted "
                                     "mean of the neighbour around it) or 'scatter' (each neighbour pixel sent where its "
                                     "kernel says: a stroke's ink cannot be lost)", choices=("gather", "scatter"))
+    kernel_motion: bool = _f(False, "--kernel_head's kernels are also given how the content of the frame they copy "
+                                    "moved in the step before (the clean match of two given frames, or that frame's own "
+                                    "kernels), through a learned map that starts at zero")
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
@@ -255,6 +258,8 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
     if m.kernel_head and not (d.predict_xstart and d.sigma_data == 0 and not m.learn_sigma):
         raise ValueError("--kernel_head needs --predict_xstart true, --sigma_data 0 and --learn_sigma false: "
                          "the head builds x_0 itself")
+    if m.kernel_motion and not m.kernel_head:
+        raise ValueError("--kernel_motion needs --kernel_head r > 0 (it feeds the head's kernels)")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

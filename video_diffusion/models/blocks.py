@@ -161,6 +161,22 @@ def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor
     return out
 
 
+def arrivals(weights: torch.Tensor, radius: int) -> torch.Tensor:
+    """
+    Where a scattering copy's content came from, read at the places it landed: the share of what
+    arrives at p that moved by each displacement e, w(p - e, e) normalised over e (zero where
+    nothing lands).
+
+    :param weights: [M, (2r+1)^2, H, W] at the source's pixels, summing to 1 over displacements,
+        channel (ey + r) * (2r+1) + (ex + r) sending towards (y + ey, x + ex).
+    :return: [M, (2r+1)^2, H, W] at the destination's pixels, indexed by the same displacement.
+    """
+    k = 2 * radius + 1
+    got = torch.stack([_shift(weights[:, (dy + radius) * k + dx + radius], dy, dx)
+                       for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)], dim=1)
+    return got / got.sum(dim=1, keepdim=True).clamp(min=1e-6)
+
+
 def patch_match(frame: torch.Tensor, source: torch.Tensor, abar: torch.Tensor, radius: int, block: int = 3) -> torch.Tensor:
     """
     The log-likelihood, under the diffusion's noising, that each block x block patch of the noisy ``frame``
@@ -213,9 +229,20 @@ class KernelHead(nn.Module):
     :param copy: "gather" (each pixel a kernel-weighted mean of the neighbour around it,
         ``local_kernel``) or "scatter" (each pixel of the neighbour sent where its kernel says, its
         difference from the drawn frame kept, ``local_scatter``).
+    :param motion: also give each chain step's kernels, through a learned linear map (zero
+        untrained), how the content of its neighbour moved in the step before: the neighbour's own
+        kernels, or where a chain starts from two given frames side by side, their clean match. A
+        recurrent motion state, as the LSTM that carries CDNA's kernels from frame to frame: what
+        the motion of one step says about the next (that it persists, turns, or nothing) is learned.
     """
 
-    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather"):
+    # The motion map starts at zero, and Adam moves a weight by about lr a step whatever its
+    # gradient's scale: this gain (the same as a 200x lr for these weights alone) lets the map
+    # reach logits of a few units within the 250 steps of the `tiny` run, where a gain of 50
+    # reached about 1 and read a quarter of the motion (docs/research_log.md).
+    MOTION_GAIN = 200.0
+
+    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather", motion: bool = False):
         super().__init__()
         if radius < 1:
             raise ValueError(f"the kernel radius must be >= 1, got {radius}")
@@ -227,6 +254,9 @@ class KernelHead(nn.Module):
         self.radius = radius
         self.block = block
         self.copy = copy
+        k2 = (2 * radius + 1) ** 2
+        # a matrix, not a 1x1 convolution: a 2D weight is left alone by the channels-last conversion
+        self.motion = nn.Parameter(torch.zeros(k2, k2)) if motion else None
 
     @property
     def extra_channels(self) -> int:
@@ -243,34 +273,70 @@ class KernelHead(nn.Module):
         :return: [N, C, T, H, W] x_0; given frames hold their clean values.
         """
         n, _, t, h, w = output.shape
-        c = self.channels
+        c, r = self.channels, self.radius
+        k = 2 * r + 1
         per_frame = output.transpose(1, 2).reshape(n * t, -1, h, w)
         drawn, blend = per_frame[:, :c], torch.sigmoid(per_frame[:, c:c + 1])
         trust, logits = F.softplus(per_frame[:, c + 1:c + 2] + 0.5413), per_frame[:, c + 2:]  # trust 1 untrained
         abar = (abar[:, None].expand(n, t) if abar.ndim == 1 else abar).reshape(-1).to(output.dtype)
         distance, source = chain_order(obs_mask)
+        frame = torch.arange(t, device=x.device).expand(n, t).reshape(-1)
         given = (obs_mask > 0).reshape(-1)
         frames_in = x.transpose(1, 2).reshape(n * t, c, h, w)
         x0 = torch.where(given[:, None, None, None], frames_in, drawn)
-        source = (source + torch.arange(n, device=x.device)[:, None] * t).reshape(-1)
+        source = source.reshape(-1) + (torch.arange(n, device=x.device)[:, None] * t).expand(n, t).reshape(-1)
         distance = distance.reshape(-1)
+        # with ``motion``: how the content at each pixel of a built frame moved in the step that built it
+        moved = torch.zeros(n * t, k * k, h, w, dtype=output.dtype, device=x.device) if self.motion is not None else None
         for step in range(1, t):
             built = (distance == step).nonzero().flatten()
             if not len(built):
                 break
             neighbour = x0[source[built]]
             with torch.no_grad():  # a feature of the inputs: no gradient flows through the comparison
-                match = patch_match(frames_in[built], neighbour, abar[built], self.radius, self.block)
+                match = patch_match(frames_in[built], neighbour, abar[built], r, self.block)
+                if self.copy == "scatter":  # the match scored "output p came from p + d"; q asks "q went to q + d"
+                    match = torch.stack([_shift(match[:, (r - dy) * k + r - dx], -dy, -dx, "replicate")
+                                         for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+            total = logits[built] + trust[built] * match
+            if self.motion is not None:
+                total = total + self.MOTION_GAIN * torch.einsum(
+                    "ij,mjhw->mihw", self.motion, self._motion_before(built, source, frame, given, frames_in, x0, moved, t))
             if self.copy == "gather":
-                copied = local_kernel(neighbour, logits[built] + trust[built] * match, self.radius)
-            else:  # the match scored "output p came from p + d"; a source pixel q asks "q went to q + d"
-                k = 2 * self.radius + 1
-                sent = torch.stack([_shift(match[:, (self.radius - dy) * k + self.radius - dx], -dy, -dx, "replicate")
-                                    for dy in range(-self.radius, self.radius + 1)
-                                    for dx in range(-self.radius, self.radius + 1)], dim=1)
-                copied = local_scatter(neighbour, drawn[built], logits[built] + trust[built] * sent, self.radius)
+                copied = local_kernel(neighbour, total, r)
+            else:
+                copied = local_scatter(neighbour, drawn[built], total, r)
+            if self.motion is not None:  # what this step did, for the next one (its values, not its gradient)
+                weights = total.detach().softmax(dim=1)
+                moved = moved.index_put((built,), weights.flip(1) if self.copy == "gather" else arrivals(weights, r))
             x0 = x0.index_put((built,), blend[built] * copied + (1 - blend[built]) * drawn[built])
         return x0.reshape(n, t, c, h, w).transpose(1, 2)
+
+
+    def _motion_before(self, built, source, frame, given, frames_in, x0, moved, t):
+        """
+        The motion state the kernels of ``built`` (frames made from ``source[built]``) are given:
+        how the content of that neighbour moved in the chain step before, as shares over
+        displacements at the pixels the map reads (the neighbour's for a scatter; for a gather,
+        the output's, where that content lands): the state stored when the neighbour was built,
+        or, where the neighbour and the frame before it are both given, their clean match; zeros
+        where neither is known (a chain from a lone given frame, or a video's drawn frame 0).
+        """
+        r = self.radius
+        src = source[built]
+        step = frame[built] - frame[src]  # +1 forwards in time, -1 backwards
+        inside = (frame[src] - step >= 0) & (frame[src] - step < t)
+        before = torch.where(inside, src - step, src)
+        known = inside & ((source[src] == before) & ~given[src] | given[src] & given[before])
+        state = moved[src].clone()
+        pair = (known & given[src]).nonzero().flatten()
+        if len(pair):
+            with torch.no_grad():  # clean frames (abar 1): the match is sharp
+                ones = torch.ones(len(pair), dtype=x0.dtype, device=x0.device)
+                state[pair] = patch_match(frames_in[src[pair]], x0[before[pair]], ones, r,
+                                          self.block).softmax(dim=1).flip(1)
+        state = state * known[:, None, None, None]
+        return arrivals(state, r) if self.copy == "gather" else state
 
 
 def conv3d(in_ch: int, out_ch: int, kernel: int = 3, stride=1) -> nn.Conv3d:

@@ -60,6 +60,8 @@ class UNet3D(nn.Module):
         the network draws, built outwards from the given frames. The output must be x_0 alone
         (``out_channels == in_channels``). 0 (the default): the network draws every frame.
     :param kernel_copy: how the kernel head copies the neighbour: "gather" or "scatter" (``blocks.KernelHead``).
+    :param kernel_motion: the kernel head's kernels are also given, through a learned map, how the
+        content they copy moved in the step before (``blocks.KernelHead``'s ``motion``).
     :param alphas_cumprod: the diffusion's abar per (base) timestep, which the kernel head needs to
         weigh what its noisy input shows; only with ``kernel_head``.
     """
@@ -73,7 +75,8 @@ class UNet3D(nn.Module):
                  given_correlation: int = 0,
                  norm: str = "group", frame_levels: bool = False,
                  attention_position: str = "none", self_condition: bool = False, kernel_head: int = 0,
-                 kernel_copy: str = "gather", alphas_cumprod: Optional[Sequence[float]] = None):
+                 kernel_copy: str = "gather", kernel_motion: bool = False,
+                 alphas_cumprod: Optional[Sequence[float]] = None):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -92,7 +95,10 @@ class UNet3D(nn.Module):
         self.frame_levels = frame_levels
         if kernel_head and out_channels != in_channels:
             raise ValueError("kernel_head makes x_0 alone: out_channels must equal in_channels (no learned variance)")
-        self.kernel_head = KernelHead(in_channels, kernel_head, copy=kernel_copy) if kernel_head else None
+        if kernel_motion and not kernel_head:
+            raise ValueError("kernel_motion needs kernel_head: it feeds the head's kernels")
+        self.kernel_head = (KernelHead(in_channels, kernel_head, copy=kernel_copy, motion=kernel_motion)
+                            if kernel_head else None)
         if kernel_head and alphas_cumprod is None:
             raise ValueError("kernel_head needs alphas_cumprod: the head weighs its noisy input by the noise level")
         if kernel_head:  # from the configuration, not a weight: not saved
