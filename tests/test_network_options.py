@@ -173,6 +173,36 @@ def test_a_scattering_copy_moves_a_frame_and_keeps_what_it_holds():
         KernelHead(3, 1, copy="splat")
 
 
+def test_a_scatter_mean_averages_what_collides_and_is_the_scatter_elsewhere():
+    # two pixels, 0.2 and 0.6, both sent to one place over a base of -1: a plain scatter adds their
+    # differences from the base (-1 + 1.2 + 1.6 = 1.8), the mean makes one of them (0.4)
+    frame = torch.full((1, 1, 5, 5), -1.0)
+    frame[0, 0, 2, 1], frame[0, 0, 2, 3] = 0.2, 0.6
+    logits = torch.full((1, 9, 5, 5), -1e4)
+    logits[:, 4] = 0  # stay, except the two pixels, which move onto (2, 2), and (2, 2), which moves down
+    logits[0, :, 2, 2] = -1e4
+    logits[0, 2 * 3 + 1, 2, 2] = 0
+    logits[0, :, 2, 1] = -1e4
+    logits[0, 1 * 3 + 2, 2, 1] = 0
+    logits[0, :, 2, 3] = -1e4
+    logits[0, 1 * 3 + 0, 2, 3] = 0
+    base = torch.full_like(frame, -1.0)
+    plain, mean = local_scatter(frame, base, logits, 1), local_scatter(frame, base, logits, 1, mean=True)
+    assert torch.allclose(plain[0, 0, 2, 2], torch.tensor(1.8)) and torch.allclose(mean[0, 0, 2, 2], torch.tensor(0.4))
+    # elsewhere the two are the same (here what arrives is the base; a deficit shows the base in both)
+    elsewhere = torch.ones(5, 5, dtype=torch.bool)
+    elsewhere[2, 2] = False
+    assert torch.allclose(plain[0, 0][elsewhere], mean[0, 0][elsewhere])
+    assert torch.allclose(mean[0, 0, 2, 1], torch.tensor(-1.0))  # the place a pixel left: the base
+    logits = torch.randn(2, 9, 8, 8) * 3
+    frame, base = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    head = KernelHead(3, 1, copy="scatter_mean")  # the head passes the choice on
+    video = torch.stack([frame, frame], dim=2)
+    out = head(head_output(torch.stack([base, base], 2), 1e4, -1e4, torch.stack([logits, logits], 2)), video,
+               torch.tensor([[1, 0], [1, 0]]), torch.tensor([0.5, 0.5]))
+    assert torch.allclose(out[:, :, 1], local_scatter(frame, base, logits, 1, mean=True), atol=1e-5)
+
+
 def head_output(drawn, blend, trust, logits):
     """The network's output as ``KernelHead`` reads it, from constants for the blend and the match's weight."""
     n, _, t, h, w = drawn.shape

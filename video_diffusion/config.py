@@ -57,8 +57,10 @@ class ModelConfig:
                              "learned per-pixel kernel over displacements of up to r pixels and a frame the network "
                              "draws, built outwards from the given frames; needs --predict_xstart")
     kernel_copy: str = _f("gather", "how --kernel_head copies the neighbour: 'gather' (each pixel a kernel-weighted "
-                                    "mean of the neighbour around it) or 'scatter' (each neighbour pixel sent where its "
-                                    "kernel says: a stroke's ink cannot be lost)", choices=("gather", "scatter"))
+                                    "mean of the neighbour around it), 'scatter' (each neighbour pixel sent where its "
+                                    "kernel says: a stroke's ink cannot be lost) or 'scatter_mean' (the same, what lands "
+                                    "on one place averaged where more than one pixel's weight arrives)",
+                           choices=("gather", "scatter", "scatter_mean"))
     kernel_motion: bool = _f(False, "--kernel_head's kernels are also given how the content of the frame they copy "
                                     "moved in the step before (the clean match of two given frames, or that frame's own "
                                     "kernels), through a learned map that starts at zero")

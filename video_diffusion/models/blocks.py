@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from .nn import norm_act, normalization, zero_module
 
 ATTENTION_TYPES = ("factorized", "full")
-KERNEL_COPIES = ("gather", "scatter")
+KERNEL_COPIES = ("gather", "scatter", "scatter_mean")
 CONV_TYPES = ("3d", "2+1d")
 
 
@@ -138,7 +138,8 @@ def _shift(x: torch.Tensor, dy: int, dx: int, mode: str = "constant") -> torch.T
     return padded[..., r - dy:r - dy + h, r - dx:r - dx + w]
 
 
-def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor, radius: int) -> torch.Tensor:
+def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor, radius: int,
+                  mean: bool = False) -> torch.Tensor:
     """
     The scattering counterpart of ``local_kernel``: each source pixel q sends the share
     softmax(logits)(q, d) of its difference from ``base`` to q + d (softmax splatting, Niklaus and
@@ -149,16 +150,23 @@ def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor
     :param source: [M, C, H, W]; ``base`` the same shape.
     :param logits: [M, (2r+1)^2, H, W] at the source's pixels; channel (dy + r) * (2r+1) + (dx + r)
         sends towards (y + dy, x + dx).
+    :param mean: where more than one whole pixel's weight lands on a place, average what arrived
+        instead of adding it: two strokes sent to one place then make one stroke, not one of twice
+        the contrast (the bright specks of a plain scatter under uncertain kernels).
     :return: [M, C, H, W].
     """
     weights = logits.softmax(dim=1)
     k = 2 * radius + 1
-    out = base
+    moved = torch.zeros_like(base)
+    arrived = torch.zeros_like(base[:, :1])
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             share = weights[:, (dy + radius) * k + dx + radius][:, None]
-            out = out + _shift(share * source, dy, dx) - _shift(share, dy, dx) * base
-    return out
+            moved = moved + _shift(share * source, dy, dx)
+            arrived = arrived + _shift(share, dy, dx)
+    if mean:
+        return base + (moved - arrived * base) / arrived.clamp(min=1.0)
+    return base + moved - arrived * base
 
 
 def arrivals(weights: torch.Tensor, radius: int) -> torch.Tensor:
@@ -227,8 +235,9 @@ class KernelHead(nn.Module):
     :param radius: r, the largest displacement a kernel reaches, in pixels per frame.
     :param block: the side of the patches the match compares (``patch_match``).
     :param copy: "gather" (each pixel a kernel-weighted mean of the neighbour around it,
-        ``local_kernel``) or "scatter" (each pixel of the neighbour sent where its kernel says, its
-        difference from the drawn frame kept, ``local_scatter``).
+        ``local_kernel``), "scatter" (each pixel of the neighbour sent where its kernel says, its
+        difference from the drawn frame kept, ``local_scatter``) or "scatter_mean" (the same, what
+        lands on one place averaged where more than one pixel's weight arrives).
     :param motion: also give each chain step's kernels, through a learned linear map (zero
         untrained), how the content of its neighbour moved in the step before: the neighbour's own
         kernels, or where a chain starts from two given frames side by side, their clean match. A
@@ -295,7 +304,7 @@ class KernelHead(nn.Module):
             neighbour = x0[source[built]]
             with torch.no_grad():  # a feature of the inputs: no gradient flows through the comparison
                 match = patch_match(frames_in[built], neighbour, abar[built], r, self.block)
-                if self.copy == "scatter":  # the match scored "output p came from p + d"; q asks "q went to q + d"
+                if self.copy != "gather":  # the match scored "output p came from p + d"; q asks "q went to q + d"
                     match = torch.stack([_shift(match[:, (r - dy) * k + r - dx], -dy, -dx, "replicate")
                                          for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
             total = logits[built] + trust[built] * match
@@ -305,7 +314,7 @@ class KernelHead(nn.Module):
             if self.copy == "gather":
                 copied = local_kernel(neighbour, total, r)
             else:
-                copied = local_scatter(neighbour, drawn[built], total, r)
+                copied = local_scatter(neighbour, drawn[built], total, r, mean=self.copy == "scatter_mean")
             if self.motion is not None:  # what this step did, for the next one (its values, not its gradient)
                 weights = total.detach().softmax(dim=1)
                 moved = moved.index_put((built,), weights.flip(1) if self.copy == "gather" else arrivals(weights, r))

@@ -59,7 +59,8 @@ class UNet3D(nn.Module):
         blend of its neighbour's x_0 moved by a learned per-pixel kernel of radius r pixels and a frame
         the network draws, built outwards from the given frames. The output must be x_0 alone
         (``out_channels == in_channels``). 0 (the default): the network draws every frame.
-    :param kernel_copy: how the kernel head copies the neighbour: "gather" or "scatter" (``blocks.KernelHead``).
+    :param kernel_copy: how the kernel head copies the neighbour: "gather", "scatter" or "scatter_mean"
+        (``blocks.KernelHead``).
     :param kernel_motion: the kernel head's kernels are also given, through a learned map, how the
         content they copy moved in the step before (``blocks.KernelHead``'s ``motion``).
     :param alphas_cumprod: the diffusion's abar per (base) timestep, which the kernel head needs to
