@@ -321,7 +321,6 @@ class KernelHead(nn.Module):
             x0 = x0.index_put((built,), blend[built] * copied + (1 - blend[built]) * drawn[built])
         return x0.reshape(n, t, c, h, w).transpose(1, 2)
 
-
     def _motion_before(self, built, source, frame, given, frames_in, x0, moved, t):
         """
         The motion state the kernels of ``built`` (frames made from ``source[built]``) are given:
