@@ -138,6 +138,13 @@ def _shift(x: torch.Tensor, dy: int, dx: int, mode: str = "constant") -> torch.T
     return padded[..., r - dy:r - dy + h, r - dx:r - dx + w]
 
 
+def _shift_by_channel(x: torch.Tensor, radius: int, sign: int = 1, mode: str = "constant") -> torch.Tensor:
+    """Each displacement channel d = (dy, dx) of x [M, (2r+1)^2, H, W] moved by sign * d (``_shift``)."""
+    k = 2 * radius + 1
+    return torch.stack([_shift(x[:, (dy + radius) * k + dx + radius], sign * dy, sign * dx, mode)
+                        for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)], dim=1)
+
+
 def local_scatter(source: torch.Tensor, base: torch.Tensor, logits: torch.Tensor, radius: int,
                   mean: bool = False) -> torch.Tensor:
     """
@@ -179,9 +186,7 @@ def arrivals(weights: torch.Tensor, radius: int) -> torch.Tensor:
         channel (ey + r) * (2r+1) + (ex + r) sending towards (y + ey, x + ex).
     :return: [M, (2r+1)^2, H, W] at the destination's pixels, indexed by the same displacement.
     """
-    k = 2 * radius + 1
-    got = torch.stack([_shift(weights[:, (dy + radius) * k + dx + radius], dy, dx)
-                       for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)], dim=1)
+    got = _shift_by_channel(weights, radius)
     return got / got.sum(dim=1, keepdim=True).clamp(min=1e-6)
 
 
@@ -305,8 +310,7 @@ class KernelHead(nn.Module):
             with torch.no_grad():  # a feature of the inputs: no gradient flows through the comparison
                 match = patch_match(frames_in[built], neighbour, abar[built], r, self.block)
                 if self.copy != "gather":  # the match scored "output p came from p + d"; q asks "q went to q + d"
-                    match = torch.stack([_shift(match[:, (r - dy) * k + r - dx], -dy, -dx, "replicate")
-                                         for dy in range(-r, r + 1) for dx in range(-r, r + 1)], dim=1)
+                    match = _shift_by_channel(match.flip(1), r, -1, "replicate")
             total = logits[built] + trust[built] * match
             if self.motion is not None:
                 total = total + self.MOTION_GAIN * torch.einsum(
