@@ -292,6 +292,45 @@ def test_the_motion_state_can_carry_two_given_frames_motion_on_through_noise(cop
     assert torch.equal(head(out, video, mask, torch.tensor([0.5])), plain)
 
 
+@pytest.mark.parametrize("copy", ["gather", "scatter"])
+def test_the_far_motion_state_carries_an_infilled_gap_from_both_ends_through_noise(copy):
+    # Given frames 0 and 5 only: each chain starts from a lone given frame, and only the far state (the
+    # two given frames' match over 5 steps, per step) can tell the map how the patch moves
+    t = 6
+    video = moving_patch(t)
+    zero = torch.zeros(1, 1, t, 24, 24)
+    out = torch.cat([zero, zero + 1e4, zero - 1e4, torch.zeros(1, 25, t, 24, 24)], dim=1)
+    mask = torch.tensor([[1, 0, 0, 0, 0, 1]])
+    noisy = torch.where(mask[:, None, :, None, None] > 0, video, torch.randn_like(video))
+    heads = [KernelHead(1, 2, copy=copy, motion=True, far=far) for far in (False, True)]
+    for head in heads:
+        with torch.no_grad():
+            head.motion.copy_(torch.eye(25) * 0.5 if copy == "scatter" else torch.eye(25).flip(0) * 0.5)
+    near, far = (head(out, noisy, mask, torch.tensor([1e-4])) for head in heads)
+    where = video > 0 if copy == "gather" else torch.ones_like(video, dtype=torch.bool)
+    assert torch.allclose(far[where], video[where], atol=1e-4)
+    assert (near - video)[:, :, 1:5].abs().max() > 0.5  # without it the chains do not know where to go
+    with pytest.raises(ValueError, match="far"):
+        KernelHead(1, 2, far=True)
+
+
+def test_far_motion_splits_a_motion_between_whole_displacements_and_finds_the_next_given_frame():
+    from video_diffusion.models.blocks import _next_given, far_motion
+
+    frame = torch.zeros(1, 1, 24, 24)
+    frame[0, 0, 8:14, 8:14] = torch.arange(36.0).view(6, 6) / 36
+    later = torch.roll(frame, (3, 1), (2, 3))  # (3, 1) over 2 steps: (1.5, 0.5) a step
+    shares = far_motion(frame, later, torch.tensor([2]), 2, 3)
+    at = shares[0, :, 10, 10].view(5, 5)  # rows dy + 2, columns dx + 2
+    expected = torch.zeros(5, 5)
+    expected[3:5, 2:4] = 0.25  # (1, 0), (1, 1), (2, 0), (2, 1)
+    assert torch.allclose(at, expected, atol=1e-4)
+    assert torch.allclose(shares.sum(dim=1), torch.ones(1, 24, 24))
+    given = torch.tensor([[1, 0, 0, 0, 1, 0, 1], [0, 0, 1, 0, 0, 0, 0]]).bool()
+    step, frame_of, video = torch.tensor([1, -1, 1, 1, -1]), torch.tensor([0, 4, 4, 2, 2]), torch.tensor([0, 0, 0, 1, 1])
+    assert _next_given(given, step, frame_of, video).tolist() == [4, 0, 6, -1, -1]
+
+
 def test_arrivals_read_a_scatter_where_it_lands():
     # every pixel sends one pixel down: what lands at p came by (+1, 0); where nothing lands, nothing is known
     down = torch.full((1, 9, 6, 6), -1e4)
@@ -330,6 +369,10 @@ def test_a_network_with_the_kernel_head_learns_through_every_part_and_refuses_wh
         validate(micro_config(kernel_motion=True, predict_xstart=True))
     with pytest.raises(ValueError, match="kernel_motion needs kernel_head"):
         make(kernel_motion=True)
+    with pytest.raises(ValueError, match="--kernel_motion_far needs --kernel_motion"):
+        validate(micro_config(kernel_head=2, kernel_motion_far=True, predict_xstart=True))
+    with pytest.raises(ValueError, match="kernel_motion_far needs kernel_motion"):
+        make(kernel_head=2, kernel_motion_far=True, alphas_cumprod=abar)
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v"])
@@ -414,7 +457,7 @@ def test_removed_local_attention_is_refused_by_name():
                                           (dict(given_frame_input=True, given_correlation=1), "correlation"),
                                           (dict(kernel_head=1, predict_xstart=True), "kernel"),
                                           (dict(kernel_head=1, kernel_copy="scatter", kernel_motion=True,
-                                                predict_xstart=True), "kernel")])
+                                                kernel_motion_far=True, predict_xstart=True), "kernel")])
 def test_network_options_train_and_round_trip_through_a_checkpoint(tmp_path, flags, marker):
     from conftest import loop_for
     from video_diffusion.checkpoints import find_latest

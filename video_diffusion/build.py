@@ -43,6 +43,7 @@ def create_model(cfg: Config) -> UNet3D:
         kernel_head=m.kernel_head,
         kernel_copy=m.kernel_copy,
         kernel_motion=m.kernel_motion,
+        kernel_motion_far=m.kernel_motion_far,
         alphas_cumprod=np.cumprod(1.0 - _betas(cfg.diffusion)) if m.kernel_head else None,
         frame_levels=m.frame_levels,
         self_condition=m.self_condition,

@@ -64,6 +64,9 @@ class ModelConfig:
     kernel_motion: bool = _f(False, "--kernel_head's kernels are also given how the content of the frame they copy "
                                     "moved in the step before (the clean match of two given frames, or that frame's own "
                                     "kernels), through a learned map that starts at zero")
+    kernel_motion_far: bool = _f(False, "with --kernel_motion: a chain that starts from a lone given frame, with "
+                                        "another given frame further along its direction, is given the two frames' "
+                                        "match divided by their distance as its motion state (zeros without it)")
     frame_levels: bool = _f(False, "embed a noise level per frame, given frames at level 0, instead of one per "
                                    "video (needed by --independent_noise_rate)")
     self_condition: bool = _f(False, "self-conditioning (Chen et al. 2022): the network also takes its previous "
@@ -262,6 +265,8 @@ def _check_network(m: ModelConfig, d: DiffusionConfig) -> None:
                          "the head builds x_0 itself")
     if m.kernel_motion and not m.kernel_head:
         raise ValueError("--kernel_motion needs --kernel_head r > 0 (it feeds the head's kernels)")
+    if m.kernel_motion_far and not m.kernel_motion:
+        raise ValueError("--kernel_motion_far needs --kernel_motion (it is a motion state for the learned map)")
     if m.patch_size < 1:
         raise ValueError(f"--patch_size must be >= 1, got {m.patch_size}")
     down = m.patch_size * 2 ** (len(mult) - 1)

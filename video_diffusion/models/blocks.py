@@ -216,6 +216,58 @@ def patch_match(frame: torch.Tensor, source: torch.Tensor, abar: torch.Tensor, r
     return -patch / (2 * (1 - abar).clamp(min=1e-5)[:, None, None, None])
 
 
+def _next_given(given: torch.Tensor, step: torch.Tensor, frame: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """
+    The flat index (video * T + frame) of the nearest given frame strictly beyond ``frame`` in the
+    direction ``step`` (+1 later, -1 earlier) of each chain, -1 where there is none.
+
+    :param given: [N, T] bool; ``step``, ``frame`` and ``video`` [M] integer tensors.
+    """
+    n, t = given.shape
+    frames = torch.arange(t, device=given.device)
+    beyond = (frames[None] - frame[:, None]) * step[:, None] > 0  # [M, T]
+    candidates = given[video] & beyond
+    distance = torch.where(candidates, (frames[None] - frame[:, None]).abs(), t + 1)
+    nearest = distance.argmin(dim=1)
+    return torch.where(candidates.any(dim=1), video * t + nearest, -1)
+
+
+# The far match reaches at most this many times the kernel's radius: a steady motion of r pixels
+# per step over 7 steps (an 8-frame clip's two ends); further, its cost (a (2R+1)^2 search) grows.
+FAR_REACH = 7
+
+
+def far_motion(frame: torch.Tensor, later: torch.Tensor, distance: torch.Tensor, radius: int, block: int) -> torch.Tensor:
+    """
+    Where each pixel's content of the clean ``frame`` is found in the clean ``later`` frame,
+    ``distance`` chain steps on, as shares over the per-step displacements of a (2r+1)^2 window:
+    the match's displacement d (searched within min(r * distance, FAR_REACH * r)) becomes d /
+    distance, split bilinearly between the whole displacements around it. The motion per step
+    if it were steady; a state for ``KernelHead``'s learned map, which decides what it is worth.
+
+    :param frame: [M, C, H, W]; ``later`` the same shape; ``distance`` [M] integers >= 2.
+    :return: [M, (2r+1)^2, H, W], channel (ey + r) * (2r+1) + (ex + r) for a motion of (ey, ex).
+    """
+    k = 2 * radius + 1
+    out = torch.zeros(frame.shape[0], k * k, *frame.shape[-2:], dtype=frame.dtype, device=frame.device)
+    for span in distance.unique().tolist():
+        rows = (distance == span).nonzero().flatten()
+        reach = min(radius * span, FAR_REACH * radius)
+        ones = torch.ones(len(rows), dtype=frame.dtype, device=frame.device)
+        shares = patch_match(frame[rows], later[rows], ones, reach, block).softmax(dim=1)
+        # the bilinear split of d / span onto whole per-step displacements, as a [(2R+1)^2, k^2] matrix
+        d = torch.arange(-reach, reach + 1, dtype=frame.dtype, device=frame.device) / span
+        lo = d.floor().clamp(-radius, radius)
+        frac = (d - lo).clamp(0, 1)
+        hi = (lo + 1).clamp(-radius, radius)
+        axis = torch.zeros(len(d), k, dtype=frame.dtype, device=frame.device)
+        axis[torch.arange(len(d)), (lo + radius).long()] += 1 - frac
+        axis[torch.arange(len(d)), (hi + radius).long()] += frac
+        split = torch.einsum("ay,bx->abyx", axis, axis).reshape(len(d) ** 2, k * k)
+        out[rows] = torch.einsum("mjhw,jk->mkhw", shares, split)
+    return out
+
+
 class KernelHead(nn.Module):
     """
     The x_0 of a frame made from its neighbour's: where a frame is mostly the frame next to it
@@ -248,6 +300,10 @@ class KernelHead(nn.Module):
         kernels, or where a chain starts from two given frames side by side, their clean match. A
         recurrent motion state, as the LSTM that carries CDNA's kernels from frame to frame: what
         the motion of one step says about the next (that it persists, turns, or nothing) is learned.
+    :param far: with ``motion``, a chain that starts from a lone given frame (infilling between
+        given frames far apart) is given, as its state, where that frame's content is found in the
+        next given frame along the chain, divided by their distance (``far_motion``): the motion
+        per step if it were steady, read off the given frames, for the same learned map to weigh.
     """
 
     # The motion map starts at zero, and Adam moves a weight by about lr a step whatever its
@@ -256,7 +312,8 @@ class KernelHead(nn.Module):
     # reached about 1 and read a quarter of the motion (docs/research_log.md).
     MOTION_GAIN = 200.0
 
-    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather", motion: bool = False):
+    def __init__(self, channels: int, radius: int, block: int = 7, copy: str = "gather", motion: bool = False,
+                 far: bool = False):
         super().__init__()
         if radius < 1:
             raise ValueError(f"the kernel radius must be >= 1, got {radius}")
@@ -264,6 +321,8 @@ class KernelHead(nn.Module):
             raise ValueError(f"the match's block must be odd and >= 1, got {block}")
         if copy not in KERNEL_COPIES:
             raise ValueError(f"the kernel head's copy must be one of {KERNEL_COPIES}, got {copy!r}")
+        if far and not motion:
+            raise ValueError("the kernel head's far motion state needs motion=True (it feeds the learned map)")
         self.channels = channels
         self.radius = radius
         self.block = block
@@ -271,6 +330,7 @@ class KernelHead(nn.Module):
         k2 = (2 * radius + 1) ** 2
         # a matrix, not a 1x1 convolution: a 2D weight is left alone by the channels-last conversion
         self.motion = nn.Parameter(torch.zeros(k2, k2)) if motion else None
+        self.far = far
 
     @property
     def extra_channels(self) -> int:
@@ -348,6 +408,13 @@ class KernelHead(nn.Module):
                 state[pair] = patch_match(frames_in[src[pair]], x0[before[pair]], ones, r,
                                           self.block).softmax(dim=1).flip(1)
         state = state * known[:, None, None, None]
+        if self.far:
+            ahead = _next_given(given.reshape(-1, t), step, frame[src], src // t)
+            lone = (~known & given[src] & (ahead >= 0)).nonzero().flatten()
+            if len(lone):
+                with torch.no_grad():
+                    state[lone] = far_motion(frames_in[src[lone]], frames_in[ahead[lone]],
+                                             (frame[ahead[lone]] - frame[src[lone]]).abs(), r, self.block)
         return arrivals(state, r) if self.copy == "gather" else state
 
 

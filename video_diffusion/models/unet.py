@@ -63,6 +63,8 @@ class UNet3D(nn.Module):
         (``blocks.KernelHead``).
     :param kernel_motion: the kernel head's kernels are also given, through a learned map, how the
         content they copy moved in the step before (``blocks.KernelHead``'s ``motion``).
+    :param kernel_motion_far: chains from a lone given frame get the motion to the next given frame
+        along them, per step (``blocks.KernelHead``'s ``far``).
     :param alphas_cumprod: the diffusion's abar per (base) timestep, which the kernel head needs to
         weigh what its noisy input shows; only with ``kernel_head``.
     """
@@ -76,7 +78,7 @@ class UNet3D(nn.Module):
                  given_correlation: int = 0,
                  norm: str = "group", frame_levels: bool = False,
                  attention_position: str = "none", self_condition: bool = False, kernel_head: int = 0,
-                 kernel_copy: str = "gather", kernel_motion: bool = False,
+                 kernel_copy: str = "gather", kernel_motion: bool = False, kernel_motion_far: bool = False,
                  alphas_cumprod: Optional[Sequence[float]] = None):
         super().__init__()
         if norm not in NORMS:
@@ -98,7 +100,10 @@ class UNet3D(nn.Module):
             raise ValueError("kernel_head makes x_0 alone: out_channels must equal in_channels (no learned variance)")
         if kernel_motion and not kernel_head:
             raise ValueError("kernel_motion needs kernel_head: it feeds the head's kernels")
-        self.kernel_head = (KernelHead(in_channels, kernel_head, copy=kernel_copy, motion=kernel_motion)
+        if kernel_motion_far and not kernel_motion:
+            raise ValueError("kernel_motion_far needs kernel_motion: it is a motion state for the learned map")
+        self.kernel_head = (KernelHead(in_channels, kernel_head, copy=kernel_copy, motion=kernel_motion,
+                                       far=kernel_motion_far)
                             if kernel_head else None)
         if kernel_head and alphas_cumprod is None:
             raise ValueError("kernel_head needs alphas_cumprod: the head weighs its noisy input by the noise level")
