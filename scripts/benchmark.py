@@ -105,7 +105,10 @@ def profile_step(loop, batch, rows: int = 12):
     model = loop.model
     cfg = loop.cfg
     shape = (batch["video"].shape[1],) + tuple(batch["video"].shape[3:])
-    per_video = activation_bytes_per_video(model, shape, cfg.model.seq_len, loop.autocast)
+    # the kernel head picks each chain step's frames from the mask (shapes that depend on data), which
+    # fake tensors cannot follow: a network with it is counted on real ones (the same count, more time)
+    per_video = activation_bytes_per_video(model, shape, cfg.model.seq_len, loop.autocast,
+                                           fake=getattr(model, "kernel_head", None) is None)
     device = loop.ctx.device
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":

@@ -1,7 +1,7 @@
 """
 The GPU path in one call: environment, the CUDA tests, bair64 training throughput and memory
 (bf16, the largest batch that fits, eager and torch.compile), BAIR-shape sampling time, and a
-quality run: the CPU presets' plain network trained on this device at a GPU batch for
+quality run: the `tiny` preset's network trained on this device at a GPU batch for
 --minutes, then scored on held-out videos against the baselines.
 
     python scripts/device_check.py --out_dir device_check            # on a GPU machine, ~8 minutes
@@ -18,7 +18,7 @@ diagnostic (the x_0 error a frame gains from the video's other frames at high no
 use (what the x_0 from noise gains from the earlier of the two given frames).
 
 At most 8 files go to --out_dir: device_check.json (every figure), quality_grid.png (2 -> 6
-predictions of the plain network: ground truth above prediction, given frames outlined in
+predictions of the preset's network: ground truth above prediction, given frames outlined in
 red), generation_grid.png (its 16-frame generations), cuda_tests.txt, benchmark.txt,
 quality_train.log. Every step that produced no figure is a failure with its reason (out of
 memory at every batch tried is named, with the batches and the memory); the exit status is 1

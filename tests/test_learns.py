@@ -1,9 +1,9 @@
 """
-The model learns the job: minutes of CPU training with the tiny preset's plain network, then
-its predictions of held-out videos must beat copying the last given frame on PSNR. (The
-recipe with the object tracker built in also beat both baselines on SSIM and kept still
-digits' colour and shape; the plain network does neither at this budget yet, see
-docs/results.md, so those tests left with the tracker.)
+The model learns the job: minutes of CPU training with the tiny preset's network, then its
+predictions and infillings of held-out videos must beat copying the last given frame on PSNR.
+(After its full 250 steps the preset is also above the black frame's SSIM in both tasks, by
+margins within the seed-to-seed spread of a shorter run on 16 videos, so SSIM is not asserted;
+docs/results.md.)
 Slow (minutes): deselect with -m "not slow"; select with -m slow or -k learns.
 """
 
@@ -21,11 +21,9 @@ STEPS = 200
 @pytest.mark.slow
 def test_tiny_preset_predictions_beat_copying_the_last_frame(tmp_path):
     """
-    The plain network of the tiny preset, after 200 steps, has learned the data's look: its
-    predictions' PSNR (from the mean squared error over all generated frames) is above copying
-    the last given frame. At this budget it is not yet above a black frame's SSIM: it draws a
-    grey blob where each digit is, without colour or shape (docs/results.md), so SSIM is not
-    asserted.
+    The tiny preset's network, after 200 steps, carries the given digits on: its predictions'
+    PSNR (from the mean squared error over all generated frames) is above copying the last given
+    frame by more than 1 dB, in prediction and in infilling.
     """
     env = {**script_env(), "OMP_NUM_THREADS": "2"}
     train = subprocess.run([sys.executable, str(REPO / "scripts" / "video_train.py"), "--preset", "tiny",
