@@ -223,7 +223,7 @@ def _next_given(given: torch.Tensor, step: torch.Tensor, frame: torch.Tensor, vi
 
     :param given: [N, T] bool; ``step``, ``frame`` and ``video`` [M] integer tensors.
     """
-    n, t = given.shape
+    t = given.shape[1]
     frames = torch.arange(t, device=given.device)
     beyond = (frames[None] - frame[:, None]) * step[:, None] > 0  # [M, T]
     candidates = given[video] & beyond
