@@ -9,9 +9,10 @@ mask input, on the embedded moving digits. One command, one table.
     python scripts/ablation.py --preset small --train_seeds 3 --num_videos 64   # larger, e.g. on a GPU
 
 Rows (trained models differ from "b" only in the fields named in the report):
-  a  the plain network (no nearest-given-frame input), mask not input (RaMViD)
+  a  the plain network (no nearest-given-frame input, no kernel head: it draws every frame),
+     mask not input (RaMViD)
   b  conditional training, the preset's recipe (on tiny/small: mask input, nearest given
-     frame input)
+     frame input; on tiny also the kernel head that copies and carries the given frames)
   c  b's network trained unconditionally (--uncondition_rate 1), sampled with replacement
   d  c with resampling (--resample_steps R, one row per --resample value)
   e  b with frame guidance (one row per --guidance scale)

@@ -41,8 +41,9 @@ def test_trained_variants_differ_only_in_the_ablated_fields(tmp_path):
     diff = {m: config_differences(stored["b"]["config"], s["config"]) for m, s in stored.items()}
     assert diff["b"] == {}
     assert diff["c"] == {"uncondition_rate": (0.25, 1.0)}
-    # f is the plain network: b without the recipe's given-frame input
-    plain = {"given_frame_input": (True, False)}
+    # f is the plain network: b without the recipe's given-frame input and kernel head
+    plain = {"given_frame_input": (True, False), "kernel_head": (3, 0), "kernel_copy": ("scatter_mean", "gather"),
+             "kernel_motion": (True, False), "kernel_motion_far": (True, False)}
     assert diff["f"] == plain
     # a differs from f in the mask input alone
     assert diff["a"] == {**plain, "mask_input": (True, False)}

@@ -33,9 +33,11 @@ from ..visualize import auto_scale, strip
 # that is the mask input and the nearest given frame as input.
 STUDY_BASE = {"sample_interval": 0}
 
-# The plain network: no nearest-given-frame input. The mask input is compared on it,
-# because the recipe's given-frame input needs the mask.
-PLAIN = {"given_frame_input": False}
+# The plain network: no nearest-given-frame input and no kernel head, so it draws every frame
+# itself (on a preset without the head the head's fields are already these). The mask input is
+# compared on it, because the recipe's given-frame input and kernel head need the mask.
+PLAIN = {"given_frame_input": False, "kernel_head": 0, "kernel_copy": "gather", "kernel_motion": False,
+         "kernel_motion_far": False}
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {
