@@ -102,6 +102,14 @@ def test_digits_ceiling_reports_the_tracker(tmp_path):
     mask = np.array([1, 1] + [0] * (cfg.model.seq_len - 2))
     scores = set_scores([video_scores(track(data.frames(v), [0, 1]), data.frames(v), mask) for v in range(2)])
     assert result["object_tracker"] == pytest.approx(scores)
+    # the true frames with faint noise: SSIM falls with the noise, far below what PSNR says
+    noisy = result["true_frames_with_noise"]
+    assert list(noisy) == ["4", "8"]
+    # an error of at most sigma^2 (clipping at black only lowers it): PSNR >= 10 log10(255^2 / 64) = 30.1
+    assert noisy["4"]["psnr"] > noisy["8"]["psnr"] > 29.5
+    assert 1 > noisy["4"]["ssim"] > noisy["8"]["ssim"]
+    with pytest.raises(SystemExit):
+        main(["--num_videos", "2", "--noise_levels", "0"])
 
 
 def test_a_bounce_between_the_given_frames_is_read_as_the_slower_motion():
