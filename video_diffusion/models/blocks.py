@@ -221,6 +221,18 @@ def patch_match(frame: torch.Tensor, source: torch.Tensor, abar: torch.Tensor, r
     return -patch / (2 * (1 - abar).clamp(min=1e-5)[:, None, None, None])
 
 
+def clean_match(frame: torch.Tensor, source: torch.Tensor, radius: int, block: int) -> torch.Tensor:
+    """
+    ``patch_match`` of two clean frames (abar 1) as shares over displacements (a softmax): where
+    each block x block patch of ``frame`` is found in ``source``, sharp where the patch is
+    distinctive and spread where it is not (a flat background matches everywhere).
+
+    :return: [M, (2r+1)^2, H, W], ordered as ``patch_match``.
+    """
+    ones = torch.ones(frame.shape[0], dtype=frame.dtype, device=frame.device)
+    return patch_match(frame, source, ones, radius, block).softmax(dim=1)
+
+
 def _next_given(given: torch.Tensor, step: torch.Tensor, frame: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     """
     The flat index (video * T + frame) of the nearest given frame strictly beyond ``frame`` in the
@@ -258,8 +270,7 @@ def far_motion(frame: torch.Tensor, later: torch.Tensor, distance: torch.Tensor,
     for span in distance.unique().tolist():
         rows = (distance == span).nonzero().flatten()
         reach = min(radius * span, FAR_REACH * radius)
-        ones = torch.ones(len(rows), dtype=frame.dtype, device=frame.device)
-        shares = patch_match(frame[rows], later[rows], ones, reach, block).softmax(dim=1)
+        shares = clean_match(frame[rows], later[rows], reach, block)
         # the bilinear split of d / span onto whole per-step displacements along one axis, [2R+1, k]
         d = torch.arange(-reach, reach + 1, dtype=frame.dtype, device=frame.device) / span
         lo = d.floor().clamp(-radius, radius)
@@ -410,10 +421,8 @@ class KernelHead(nn.Module):
         state = moved[src].clone()
         pair = (known & given[src]).nonzero().flatten()
         if len(pair):
-            with torch.no_grad():  # clean frames (abar 1): the match is sharp
-                ones = torch.ones(len(pair), dtype=x0.dtype, device=x0.device)
-                state[pair] = patch_match(frames_in[src[pair]], x0[before[pair]], ones, r,
-                                          self.block).softmax(dim=1).flip(1)
+            with torch.no_grad():  # clean frames: the match is sharp
+                state[pair] = clean_match(frames_in[src[pair]], x0[before[pair]], r, self.block).flip(1)
         state = state * known[:, None, None, None]
         if self.far:
             ahead = _next_given(given.reshape(-1, t), step, frame[src], src // t)
