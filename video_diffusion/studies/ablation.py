@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import ModelConfig
 from ..evaluation.metrics import mean_and_std
 from ..sampling.options import SampleOptions
 from ..visualize import auto_scale, strip
@@ -36,8 +37,9 @@ STUDY_BASE = {"sample_interval": 0}
 # The plain network: no nearest-given-frame input and no kernel head, so it draws every frame
 # itself (on a preset without the head the head's fields are already these). The mask input is
 # compared on it, because the recipe's given-frame input and kernel head need the mask.
-PLAIN = {"given_frame_input": False, "kernel_head": 0, "kernel_copy": "gather", "kernel_motion": False,
-         "kernel_motion_far": False}
+PLAIN = {"given_frame_input": False,
+         **{name: getattr(ModelConfig(), name) for name in ("kernel_head", "kernel_copy", "kernel_motion",
+                                                            "kernel_motion_far")}}  # the defaults: no head
 
 # The trained models: each one's settings that differ from model "b".
 MODELS: Dict[str, Dict[str, Any]] = {
